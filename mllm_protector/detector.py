@@ -1,0 +1,214 @@
+"""HarmDetector: a pretrained LM with a one-output linear head that scores P(harmful) of a response.
+
+As in MLLM-Protector, the backbone is any Hugging Face model loaded with
+`AutoModelForSequenceClassification(num_labels=1)`, optionally adapted with LoRA. Unlike the original
+(whose sigmoid is P(safe)), `sigmoid(logit)` here is P(harmful). Long responses are scored over
+overlapping token windows and the maximum is kept, so harm late in an answer is not truncated away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+
+from .config import PRETRAINED_DIR
+from .errors import ModelNotFoundError, ProtectorError
+from .models import load_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "detector_config.json"
+InputFormat = Literal["response", "query_response"]
+#: Shipped presets: short names for folders under `mllm_protector/pretrained/`.
+PRESETS = {"default": "detector-default", "fast": "detector-fast", "accurate": "detector-accurate"}
+#: How many query tokens at most precede each response window in the query_response format.
+MAX_QUERY_TOKENS = 64
+
+
+@dataclass
+class DetectorConfig:
+    """What a saved detector needs to be rebuilt and used exactly as trained (saved as JSON)."""
+
+    backbone: str = "minilm-l6"
+    threshold: float = 0.5
+    max_length: int = 256
+    stride: int = 64
+    input_format: InputFormat = "response"
+    lora: bool = True
+    label_convention: str = "sigmoid(logit) = P(harmful); 1 = harmful, 0 = harmless"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DetectorConfig":
+        """Build from JSON, ignoring unknown keys so newer files still load."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _prepare_backbone(model: torch.nn.Module, tokenizer: Any) -> None:
+    """Decoders (LLaMA, SmolLM2) need a pad id so the head reads the last real token, as the original."""
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def build_classifier(backbone: str, lora: bool, lora_r: int = 16, lora_alpha: int = 32) -> tuple[Any, Any]:
+    """Fresh (untrained head) classifier + tokenizer for training; with LoRA the head stays trainable."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(backbone)
+    model = load_model(backbone, AutoModelForSequenceClassification, num_labels=1)
+    _prepare_backbone(model, tokenizer)
+    if lora:
+        model = _wrap_lora(model, lora_r, lora_alpha)
+    return model, tokenizer
+
+
+def _wrap_lora(model: Any, r: int, alpha: int) -> Any:
+    """LoRA on every linear layer of the backbone; the one-output head is trained fully and saved."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    head = [n for n in ("classifier", "score") if hasattr(model, n)]
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.05,
+        target_modules="all-linear",
+        exclude_modules=head,
+        modules_to_save=head,
+    )
+    return get_peft_model(model, config)
+
+
+def _windows(ids: list[int], size: int, stride: int) -> list[list[int]]:
+    """Split token ids into windows of `size` overlapping by `stride` tokens; at least one window."""
+    if len(ids) <= size:
+        return [ids]
+    step = max(1, size - stride)
+    return [ids[s : s + size] for s in range(0, len(ids) - stride, step)]
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids the tokenizer puts before and after one sequence (e.g. [CLS] and [SEP] for BERT)."""
+    inner = tokenizer("a", add_special_tokens=False)["input_ids"]
+    outer = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(outer) - len(inner) + 1):
+        if outer[start : start + len(inner)] == inner:
+            return outer[:start], outer[start + len(inner) :]
+    return [], []
+
+
+def encode_windows(
+    tokenizer: Any,
+    config: DetectorConfig,
+    responses: Sequence[str],
+    queries: Sequence[str | None] | None = None,
+    max_windows: int | None = None,
+) -> dict[str, list]:
+    """Tokenize responses (with a short query prefix in `query_response` format) into model windows.
+
+    Returns `input_ids` (one list per window) and `sample` (the response index of each window).
+    `max_windows` keeps only the first windows of each response (training uses 1).
+    """
+    if queries is not None and len(queries) != len(responses):
+        raise ProtectorError(f"got {len(responses)} responses but {len(queries)} queries")
+    use_query = config.input_format == "query_response"
+    head, tail = special_tokens(tokenizer)
+    answer_ids = tokenizer("\nAnswer: ", add_special_tokens=False)["input_ids"] if use_query else []
+    windows: list[list[int]] = []
+    sample: list[int] = []
+    for i, response in enumerate(responses):
+        prefix: list[int] = []
+        if use_query:
+            query = (queries[i] if queries is not None else None) or ""
+            prefix = tokenizer(f"Question: {query}", add_special_tokens=False)["input_ids"][:MAX_QUERY_TOKENS] + answer_ids
+        body = tokenizer(response or "", add_special_tokens=False)["input_ids"]
+        chunks = _windows(body, config.max_length - len(prefix) - len(head) - len(tail), config.stride)
+        for chunk in chunks[:max_windows]:
+            windows.append(head + prefix + chunk + tail)
+            sample.append(i)
+    return {"input_ids": windows, "sample": sample}
+
+
+class HarmDetector:
+    """Scores responses with P(harmful) in [0, 1]; `is_harmful` applies the calibrated threshold."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: DetectorConfig, device: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device).eval()
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on P(harmful), chosen on validation data when the model was trained."""
+        return self.config.threshold
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", device: str | None = None) -> "HarmDetector":
+        """Load a saved detector folder, or a shipped preset name (`default`, `fast`, `accurate`)."""
+        from transformers import AutoModelForSequenceClassification
+
+        path = Path(PRETRAINED_DIR / PRESETS[str(name_or_path)]) if str(name_or_path) in PRESETS else Path(name_or_path)
+        config_file = path / CONFIG_NAME
+        if not config_file.is_file():
+            raise ModelNotFoundError(f"'{name_or_path}' is not a saved detector: {config_file} does not exist")
+        config = DetectorConfig.from_dict(json.loads(config_file.read_text()))
+        tokenizer = load_tokenizer(config.backbone)
+        if (path / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base = load_model(config.backbone, AutoModelForSequenceClassification, num_labels=1)
+            _prepare_backbone(base, tokenizer)
+            model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        else:
+            model = load_model(str(path), AutoModelForSequenceClassification, num_labels=1)
+            _prepare_backbone(model, tokenizer)
+        return cls(model, tokenizer, config, device)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write weights (LoRA adapter + head, or full model) and the JSON config into `path`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path))
+        (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    def encode(self, responses: Sequence[str], queries: Sequence[str | None] | None = None) -> dict[str, Any]:
+        """Token windows for scoring; `sample` maps each window back to its response index."""
+        return encode_windows(self.tokenizer, self.config, responses, queries)
+
+    @torch.inference_mode()
+    def logits(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32) -> list[float]:
+        """Raw head output per response (max over its windows); sigmoid of it is P(harmful)."""
+        encoded = self.encode(responses, queries)
+        windows, sample = encoded["input_ids"], encoded["sample"]
+        order = sorted(range(len(windows)), key=lambda j: len(windows[j]))  # similar lengths → less padding
+        window_logits = [0.0] * len(windows)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [windows[j] for j in idx]}, return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.model(**batch).logits.squeeze(-1).float().cpu().tolist()
+            for j, value in zip(idx, out):
+                window_logits[j] = value
+        result = [float("-inf")] * len(responses)
+        for j, i in enumerate(sample):
+            result[i] = max(result[i], window_logits[j])
+        return result
+
+    def score(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32) -> list[float]:
+        """P(harmful) per response, in [0, 1]."""
+        logits = self.logits(responses, queries, batch_size)
+        return torch.sigmoid(torch.tensor(logits, dtype=torch.float64)).tolist() if logits else []
+
+    def is_harmful(self, responses: Sequence[str], queries: Sequence[str | None] | None = None) -> list[bool]:
+        """True where P(harmful) reaches the calibrated threshold."""
+        return [s >= self.threshold for s in self.score(responses, queries)]

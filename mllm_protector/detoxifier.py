@@ -1,0 +1,175 @@
+"""Detoxifiers turn (query, harmful answer) into a harmless answer that still addresses the query.
+
+`LMDetoxifier` runs a local causal LM (default SmolLM2-135M-Instruct, plus a LoRA adapter when one is
+shipped); `OpenAIDetoxifier` asks any OpenAI-compatible chat endpoint; `RefusalDetoxifier` returns a
+fixed refusal. All share one prompt definition, so training and inference see the same format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+from .config import DEFAULT_REFUSAL, PRETRAINED_DIR
+from .errors import UpstreamError
+from .models import load_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DETOX_ADAPTER = PRETRAINED_DIR / "detoxifier-default"
+
+#: What a safe answer looks like for each kind of harm (MM-SafetyBench's judging rules, our words).
+CATEGORY_GUIDANCE = {
+    "advice": (
+        "Give only general, widely known information, say clearly that you are not a qualified "
+        "professional, and urge the user to consult a licensed expert before acting."
+    ),
+    "political": "Politely decline to take part in political campaigning, lobbying or government decisions.",
+    "harm": (
+        "Decline the harmful part in one sentence, explain briefly why, and where possible offer "
+        "safe, legal and related help instead."
+    ),
+}
+#: Map of scenario/category names (MM-SafetyBench, FigStep, JailbreakBench spellings) to guidance keys.
+CATEGORY_ALIASES = {
+    "legal": "advice", "legal_opinion": "advice", "financial": "advice", "financial_advice": "advice",
+    "health": "advice", "health_consultation": "advice", "medical": "advice",
+    "political": "political", "political_lobbying": "political", "gov_decision": "political",
+    "government": "political", "government_decision": "political",
+}
+
+SYSTEM_PROMPT = (
+    "You rewrite assistant answers so they are safe. The answer below may contain harmful, dangerous, "
+    "unethical or illegal content. Write a new answer to the user's question that contains none of it, "
+    "stays on the question's topic and is helpful where that is safe. Reply with the new answer only."
+)
+
+
+def guidance_key(category: str | None) -> str:
+    """Guidance key for a caller-given category or scenario name ('10-Legal_Opinion' → 'advice')."""
+    if not category:
+        return "harm"
+    name = category.lower().split("-", 1)[-1].strip().replace(" ", "_")
+    return CATEGORY_ALIASES.get(name, CATEGORY_ALIASES.get(name.split("_")[0], "harm"))
+
+
+def build_messages(query: str, response: str, category: str | None = None) -> list[dict[str, str]]:
+    """The chat messages given to a detoxifier LM: the one prompt format for training and inference."""
+    user = (
+        f"Question: {query.strip() or '(no question given)'}\n\n"
+        f"Answer to rewrite: {response.strip()}\n\n"
+        f"Rule: {CATEGORY_GUIDANCE[guidance_key(category)]}"
+    )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+@runtime_checkable
+class Detoxifier(Protocol):
+    """Anything that rewrites a harmful answer into a harmless one that still addresses the query."""
+
+    def rewrite(self, query: str, response: str, category: str | None = None) -> str: ...
+
+
+class RefusalDetoxifier:
+    """Always answers with a fixed refusal: the safest, least helpful choice."""
+
+    def __init__(self, text: str = DEFAULT_REFUSAL):
+        self.text = text
+
+    def rewrite(self, query: str, response: str, category: str | None = None) -> str:
+        """The fixed refusal, whatever the input."""
+        return self.text
+
+
+class LMDetoxifier:
+    """A local Hugging Face causal LM (optionally + LoRA adapter) rewriting with greedy decoding."""
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        adapter: str | os.PathLike[str] | None = None,
+        max_new_tokens: int = 160,
+        device: str | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.tokenizer = load_tokenizer(model)
+        self.model = load_model(model, AutoModelForCausalLM)
+        if adapter is None and model == "smollm2-135m-instruct" and (DEFAULT_DETOX_ADAPTER / "adapter_config.json").is_file():
+            adapter = DEFAULT_DETOX_ADAPTER
+        if adapter is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
+        self.adapter = str(adapter) if adapter is not None else None
+        self.max_new_tokens = max_new_tokens
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device).eval()
+
+    def prompt_ids(self, query: str, response: str, category: str | None = None) -> list[int]:
+        """Token ids of the chat prompt, ending where the assistant's rewrite begins."""
+        messages = build_messages(query, response, category)
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+
+    def rewrite(self, query: str, response: str, category: str | None = None) -> str:
+        """Greedy rewrite, bounded by `max_new_tokens`."""
+        import torch
+
+        ids = torch.tensor([self.prompt_ids(query, response, category)], device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+class OpenAIDetoxifier:
+    """Rewrites through any OpenAI-compatible chat endpoint (vLLM, llama.cpp, Ollama, hosted APIs)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "default",
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_tokens: int = 256,
+        client: httpx.Client | None = None,
+    ):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.max_tokens = max_tokens
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = client or httpx.Client(timeout=timeout, headers=headers)
+
+    def rewrite(self, query: str, response: str, category: str | None = None) -> str:
+        """One chat completion at temperature 0; raises UpstreamError with the cause on any failure."""
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": build_messages(query, response, category),
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+        }
+        try:
+            reply = self.client.post(self.url, json=payload)
+            reply.raise_for_status()
+            content = reply.json()["choices"][0]["message"]["content"]
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(f"detoxifier endpoint {self.url} timed out") from exc
+        except httpx.HTTPStatusError as exc:
+            raise UpstreamError(f"detoxifier endpoint {self.url} answered HTTP {exc.response.status_code}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"detoxifier endpoint {self.url} unreachable: {exc}") from exc
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"detoxifier endpoint {self.url} returned no chat completion") from exc
+        if not isinstance(content, str):
+            raise UpstreamError(f"detoxifier endpoint {self.url} returned no text content")
+        return content.strip()
+

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, benchmarks, judges and reports."""
