@@ -1,0 +1,136 @@
+"""Write a shipped detector's model card and its docs/results fragment from its saved config.
+
+The numbers come from `detector_config.json` (validation metrics computed by the trainer) and
+`training_report.json`; nothing is typed by hand. Usage:
+    python benchmarks/detector_card.py mllm_protector/pretrained/detector-default --name default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENIGN = ("vicuna80", "llava_coco", "vlguard")
+LICENSES = {
+    "mmsb_gemini": "MM-SafetyBench questions CC BY-NC 4.0; Gemini answers (Google terms); research only",
+    "figstep_qwen": "FigStep MIT; Qwen2.5-VL answers (Qwen license)",
+    "jailbreakbench": "MIT (JBB behaviors and artifacts)",
+    "pku_saferlhf": "CC BY-NC 4.0",
+    "hh_rlhf": "MIT",
+    "safety_tuned_llamas": "CC BY-NC 4.0",
+    "vlguard": "no license stated upstream (research use)",
+    "vicuna80": "Apache-2.0 (MLLM-Protector repo); model answers under their providers' terms",
+    "llava_coco": "LLaVA Apache-2.0; GPT-4 answers under OpenAI terms",
+    "llava_wild": "LLaVA Apache-2.0; GPT-4 answers under OpenAI terms",
+}
+
+
+def fmt(value: float | int | None) -> str:
+    """Three decimals for rates, plain integers for counts, n/a for missing or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
+def benign_fpr(by_source: dict[str, dict]) -> tuple[float, int]:
+    """False-positive rate pooled over the benign-answer sources present in validation."""
+    fp = sum(by_source[s]["fp"] for s in BENIGN if s in by_source)
+    n = sum(by_source[s]["fp"] + by_source[s]["tn"] for s in BENIGN if s in by_source)
+    return (fp / n if n else math.nan), n
+
+
+def metrics_table(metrics: dict) -> str:
+    """Overall + per-source validation table in Markdown."""
+    cols = ["n", "harmful", "auroc", "auprc", "f1", "accuracy", "precision", "recall", "fpr", "fpr_at_95_recall"]
+    rows = [("**all**", metrics["overall"])] + sorted(metrics["by_source"].items())
+    lines = ["| source | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(fmt(m.get(c)) for c in cols) + " |" for name, m in rows]
+    return "\n".join(lines)
+
+
+def render(folder: Path, name: str) -> tuple[str, str]:
+    """(model card, results fragment) for the detector saved in `folder`."""
+    config = json.loads((folder / "detector_config.json").read_text())
+    training, metrics = config["training"], config["metrics"]
+    fpr, n_benign = benign_fpr(metrics["by_source"])
+    data = training["data"]
+    sources = "\n".join(
+        f"| {s} | {c['harmful']} | {c['harmless']} | {data.get('pairs_by_source', {}).get(s, 0)} | {LICENSES.get(s, 'see source')} |"
+        for s, c in sorted(data["by_source"].items())
+    )
+    extra_pairs = {s: n for s, n in data.get("pairs_by_source", {}).items() if s not in data["by_source"]}
+    sources += "".join(f"\n| {s} | 0 | 0 | {n} | {LICENSES.get(s, 'see source')} |" for s, n in sorted(extra_pairs.items()))
+    args = training["arguments"]
+    headline = (
+        f"Validation (group split by source question, {training['validation_examples']} answers): "
+        f"AUROC **{fmt(metrics['overall']['auroc'])}**, F1 {fmt(metrics['overall']['f1'])}, accuracy "
+        f"{fmt(metrics['overall']['accuracy'])}, recall {fmt(metrics['overall']['recall'])}; false-positive rate on "
+        f"benign answers (vicuna80 + llava_coco + vlguard, n={n_benign}) **{fmt(fpr)}** at threshold {config['threshold']:.4f}."
+    )
+    card = f"""# mllm-protector harm detector: `{name}`
+
+Scores an MLLM response with P(harmful) (`sigmoid(logit)`; 1 = harmful). Backbone `{config['backbone']}`
+with a one-output linear head ({'LoRA r=' + str(args.get('lora_r')) + ' adapter + head' if config['lora'] else 'full fine-tune'}),
+input format `{config['input_format']}`, {config['max_length']}-token windows (stride {config['stride']};
+long answers scored by the max over windows). Load with `HarmDetector.from_pretrained("{name}")`.
+
+**License / intended use: research and non-commercial only** — the training data include CC BY-NC 4.0
+sets and model outputs under their providers' terms (table below).
+
+## Training
+
+Command: `{training.get('command', 'n/a')}`
+
+Loss: BCE (harmful examples weighted by n_harmless/n_harmful) + {args.get('pairwise_weight')} ×
+pairwise ranking term -logsigmoid(h_unsafe - h_safe); {args.get('num_train_epochs')} epoch(s),
+lr {args.get('learning_rate')}, batch {args.get('per_device_train_batch_size')}, at most
+{args.get('max_per_class') or 'all'} examples per (source, label) and pairs per source, seed {args.get('seed')}.
+Training set: {training['train_examples']} answers + {training['train_pairs']} ranking pairs.
+
+| source (whole corpus) | harmful | harmless | pairs | license |
+|---|---|---|---|---|
+{sources}
+
+Labels are those of the sources: mostly automatic judges (Gemini for MM-SafetyBench, a Llama judge for
+FigStep, the JBB judge), human for PKU-SafeRLHF; hh-rlhf only enters as chosen/rejected ranking pairs.
+
+## Validation
+
+{headline}
+
+{metrics_table(metrics)}
+
+Generalisation to unseen sources and scenarios is lower than this in-distribution split: see
+`docs/RESULTS.md` (leave-one-source-out, leave-one-scenario-out, backbone comparison).
+"""
+    fragment = f"""## Shipped detector `{name}` — validation metrics
+
+Produced by the training command `{training.get('command', 'n/a')}` (trainer metrics saved in
+`detector_config.json`); rendered by `python benchmarks/detector_card.py {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder} --name {name}`.
+
+{headline}
+
+{metrics_table(metrics)}
+"""
+    return card, fragment
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--name", default="default")
+    parser.add_argument("--fragment", type=Path, default=None, help="default: docs/results/detector_<name>.md")
+    args = parser.parse_args()
+    folder = args.folder.resolve()
+    card, fragment = render(folder, args.name)
+    (folder / "README.md").write_text(card)
+    out = args.fragment or ROOT / "docs" / "results" / f"detector_{args.name}.md"
+    out.write_text(fragment)
+    print(f"wrote {folder / 'README.md'} and {out}")
+
+
+if __name__ == "__main__":
+    main()
