@@ -30,3 +30,8 @@ bench:
 
 results:
 	$(BIN)/python benchmarks/render_results.py
+
+# Stored-response ASR before/after, benign pass-through, detector metrics from ../shared/data (~30 min on 2 CPUs).
+eval:
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/eval_report.py
+	$(BIN)/python benchmarks/render_results.py

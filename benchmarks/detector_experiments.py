@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 log = logging.getLogger("detector_experiments")
 
+TITLE = "Detector generalisation experiments (reduced CPU budget)"
 LOSO_SOURCES = ("mmsb_gemini", "figstep_qwen", "jailbreakbench", "pku_saferlhf")
 # 01-Illegal_Activitiy has only 15 harmful answers (recall moves in steps of 7 points), 11-Financial_Advice
 # holds 353 of MM-SafetyBench's 660 harmful answers: together they bracket the scenarios worth holding out.
@@ -52,15 +53,15 @@ class Budget:
     learning_rate: float = 5e-4
     pairwise_weight: float = 0.5
     cap_per_class: int = 300  # examples per (source, label) and pairs per source, via cap_per_class
-    minilm_steps: int = 100
+    minilm_steps: int = 60
     minilm_lora_r: int = 16
-    smollm_steps: int = 60
+    smollm_steps: int = 24
     smollm_lora_r: int = 8
     smollm_cap_per_class: int = 300
     eval_size: int = 800  # validation subsample, including the benign examples below
     vlguard_eval: int = 300  # at most this many vlguard validation examples in the subsample
     always_eval: int = 0  # at most this many vicuna80 + llava_coco validation examples; 0 = all of them
-    heldout_max: int = 500  # held-out source / scenario examples scored (stratified by label)
+    heldout_max: int = 300  # held-out source / scenario examples scored (stratified by label)
     max_fpr: float = 0.05
     val_fraction: float = 0.15
 
@@ -367,15 +368,16 @@ def observations(data: dict[str, Any]) -> list[str]:
         )
     loso = data["experiments"].get("leave_one_source_out", [])
     if loso:
-        drops = [(r["val"]["auroc"] - r["tests"]["held_out"]["auroc"], r) for r in loso
-                 if not math.isnan(r["tests"]["held_out"]["auroc"])]
-        if drops:
-            worst_drop, worst = max(drops, key=lambda d: d[0])
-            mean_drop = sum(d for d, _ in drops) / len(drops)
+        scored = [r for r in loso if not math.isnan(r["tests"]["held_out"]["auroc"])]
+        if scored:
+            mean_in = sum(r["val"]["auroc"] for r in scored) / len(scored)
+            mean_out = sum(r["tests"]["held_out"]["auroc"] for r in scored) / len(scored)
+            worst = min(scored, key=lambda r: r["tests"]["held_out"]["auroc"])
             notes.append(
-                f"Leaving a source out costs {mean_drop:.3f} AUROC on average versus in-distribution validation; "
-                f"the hardest unseen source is {worst['held_out']} (AUROC {fmt(worst['tests']['held_out']['auroc'])} "
-                f"vs {fmt(worst['val']['auroc'])} in-distribution, drop {worst_drop:.3f})."
+                f"An unseen source is scored with mean AUROC {mean_out:.3f} against {mean_in:.3f} on in-distribution "
+                f"validation (difference {mean_out - mean_in:+.3f}); the hardest is {worst['held_out']} (AUROC "
+                f"{fmt(worst['tests']['held_out']['auroc'])}, {worst['tests']['held_out']['harmful']} harmful of "
+                f"{worst['tests']['held_out']['n']} scored)."
             )
         recalls = [(r["tests"]["held_out"]["recall"], r) for r in loso if not math.isnan(r["tests"]["held_out"]["recall"])]
         fprs = [(r["tests"]["held_out"]["fpr"], r) for r in loso if not math.isnan(r["tests"]["held_out"]["fpr"])]
@@ -394,11 +396,17 @@ def observations(data: dict[str, Any]) -> list[str]:
     if scored:
         worst = min(scored, key=lambda r: r["tests"]["held_out"]["auroc"])
         best = max(scored, key=lambda r: r["tests"]["held_out"]["auroc"])
+        low = min(scored, key=lambda r: (r["tests"]["held_out"]["recall"], r["held_out"]))
+        spread = (
+            f"AUROC ranges from {fmt(worst['tests']['held_out']['auroc'])} ({worst['held_out']}) to "
+            f"{fmt(best['tests']['held_out']['auroc'])} ({best['held_out']})" if len(scored) > 1
+            else f"AUROC is {fmt(worst['tests']['held_out']['auroc'])} ({worst['held_out']})"
+        )
         notes.append(
-            f"Across held-out MM-SafetyBench scenarios AUROC ranges from {fmt(worst['tests']['held_out']['auroc'])} "
-            f"({worst['held_out']}, recall {pct(worst['tests']['held_out']['recall'])}) to "
-            f"{fmt(best['tests']['held_out']['auroc'])} ({best['held_out']}, recall "
-            f"{pct(best['tests']['held_out']['recall'])})."
+            f"Across {len(scored)} held-out MM-SafetyBench scenario{'s' if len(scored) > 1 else ''} {spread}; recall at the in-distribution threshold "
+            f"is lowest for {low['held_out']} ({pct(low['tests']['held_out']['recall'])} of "
+            f"{low['tests']['held_out']['harmful']} harmful answers) and held-out FPR is at most "
+            f"{pct(max(r['tests']['held_out']['fpr'] for r in scored))}."
         )
     return notes[:6]
 
@@ -410,7 +418,7 @@ def markdown(data: dict[str, Any]) -> str:
     losco = data["experiments"].get("leave_one_scenario_out", [])
     ev = data["eval_set"]
     lines = [
-        "## Detector generalisation experiments (reduced CPU budget)",
+        f"## {data.get('title', TITLE)}",
         "",
         "Command:",
         "",
@@ -418,12 +426,15 @@ def markdown(data: dict[str, Any]) -> str:
         data["command"],
         "```",
         "",
-        f"Machine: {data['machine']['cpus']} CPU cores, no GPU, torch {data['machine']['torch']} "
+        f"Machine: {data['machine']['cpus']} CPU cores, {'a' if data['machine'].get('gpu') else 'no'} GPU, torch {data['machine']['torch']} "
         f"({data['machine']['torch_threads']} threads). Total wall time: {data['wall_seconds'] / 60:.1f} min "
-        f"(budget {data['time_budget_minutes']} min). Seed {data['seed']} everywhere.",
+        f"(budget {data['time_budget_minutes']} min; this process used {data.get('cpu_seconds', math.nan) / 60:.1f} "
+        f"CPU-min, 1-min load average {data['machine'].get('load_average_at_start', [math.nan])[0]:.1f} at start, so other jobs shared "
+        f"the cores when it is above ~2). Seed {data['seed']} everywhere.",
         "",
         f"**Budget ({data['budget_name']}).** Every run: LoRA on all linear layers + trained head, max_length "
-        f"{b['max_length']} tokens (scoring windows overlap by {b['stride']}), batch {b['batch_size']} training rows, "
+        f"{b['max_length']} tokens (scoring windows overlap by {b['stride']}), {b['batch_size']} training items per step "
+        f"(a ranking pair is one item), "
         f"lr {b['learning_rate']}, pairwise weight {b['pairwise_weight']}, training data capped with `cap_per_class` at "
         f"{b['cap_per_class']} examples per (source, label) and {b['cap_per_class']} pairs per source. MiniLM "
         f"(LoRA r={b['minilm_lora_r']}): {b['minilm_steps']} steps. SmolLM2-135M-Instruct (LoRA r={b['smollm_lora_r']}): "
@@ -492,6 +503,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("docs/results/detector_experiments.md"))
     parser.add_argument("--json", type=Path, default=Path("runs/detector_experiments.json"))
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
+    parser.add_argument("--title", default=TITLE, help="section heading of the Markdown fragment")
     parser.add_argument("--quick", action="store_true", help="tiny run (2 steps, few examples) to check the script")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--experiments", default="1,2,3", help="comma-separated subset of 1,2,3")
@@ -501,13 +513,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--minilm-steps", type=int, default=None, help="override the budget's MiniLM steps")
     parser.add_argument("--smollm-steps", type=int, default=None, help="override the budget's SmolLM2 steps")
     parser.add_argument("--cap", type=int, default=None, help="override cap_per_class")
+    parser.add_argument("--eval-size", type=int, default=None, help="override the validation subsample size")
+    parser.add_argument("--heldout-max", type=int, default=None, help="override the held-out sample size")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/detector_experiments"))
+    parser.add_argument("--render-only", action="store_true", help="rewrite --out from an existing --json and exit")
     parser.add_argument("--time-budget-minutes", type=float, default=50.0, help="stated in the output; not enforced")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(markdown(json.loads(args.json.read_text())))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -523,12 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget_name = "quick" if args.quick else args.budget
     budget = BUDGETS[budget_name]
     overrides = {k: v for k, v in {"minilm_steps": args.minilm_steps, "smollm_steps": args.smollm_steps,
-                                  "cap_per_class": args.cap}.items() if v is not None}
+                                  "cap_per_class": args.cap, "eval_size": args.eval_size,
+                                  "heldout_max": args.heldout_max}.items() if v is not None}
     if args.cap is not None:
         overrides["smollm_cap_per_class"] = min(budget.smollm_cap_per_class, args.cap)
     budget = replace(budget, **overrides)
     wanted = {int(x) for x in args.experiments.split(",") if x.strip()}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
 
     corpus = load_corpus(data_dir(args.data_dir))
     train, train_pairs, val = split_corpus(corpus, budget.val_fraction, args.seed)
@@ -543,11 +563,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + list(argv if argv is not None else sys.argv[1:]))),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": args.seed,
+        "title": args.title,
         "budget_name": budget_name,
         "budget": asdict(budget),
         "time_budget_minutes": args.time_budget_minutes,
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "python": platform.python_version()},
+                    "transformers": transformers.__version__, "python": platform.python_version(),
+                    "load_average_at_start": list(os.getloadavg()), "gpu": torch.cuda.is_available()},
         "corpus": corpus.summary(),
         "split": {"train_examples": len(train), "train_pairs": len(train_pairs), "val_examples": len(val)},
         "eval_set": {
@@ -563,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def save() -> None:
         data["wall_seconds"] = time.perf_counter() - started
+        data["cpu_seconds"] = time.process_time() - cpu_started
+        data["machine"]["load_average_now"] = list(os.getloadavg())
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2, default=float) + "\n")
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = [
     "detector_default.md",
     "detector_experiments.md",
+    "detector_heldout.md",
     "detox_quality.md",
     "eval_report.md",
     "proxy_load.md",

@@ -13,9 +13,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from .errors import ProtectorError
 from .jsonl import Line, iter_lines, open_input, open_output
 from .train.cli import app as train_app
+from .server.cli import serve as serve_command
+from .eval.cli import app as eval_app
 
 app = typer.Typer(help="Safety layer for multimodal LLMs: detect harmful answers and detoxify them.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.command(name="serve")(serve_command)  # guard proxy; FastAPI loads only when it runs
+app.add_typer(eval_app, name="eval")
 err = Console(stderr=True)
 
 INPUT_HELP = "Input JSONL (`-` for stdin)."
@@ -30,7 +34,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
 
 def fail(message: str) -> None:
     """One-line error on stderr and exit code 2 (never a traceback for expected failures)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -72,18 +76,22 @@ def _run_jsonl(input_path: str, output_path: str, resume: bool, required: tuple[
 
 
 def _check_image(line: Line) -> None:
-    """An `image` field must name a readable image file."""
+    """An `image` field must name a readable image file; the error names the input line."""
+    from .errors import InputError
     from .mllm import load_image
 
     if line.record.get("image"):
-        load_image(line.record["image"]).close()
+        try:
+            load_image(line.record["image"]).close()
+        except ProtectorError as exc:
+            raise InputError(f"line {line.number}: {exc}") from exc
 
 
 @app.command()
 def protect(
     input: str = typer.Option(..., "--input", "-i", help=INPUT_HELP),
     output: str = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
-    detector: str = typer.Option("default", help="Saved detector folder or preset (default, fast, accurate)."),
+    detector: str = typer.Option("default", help="Saved detector folder or the shipped preset `default`."),
     detoxifier: str = typer.Option("lm", help="lm (local SmolLM2 + shipped adapter), refusal, or an OpenAI-compatible base URL."),
     detox_model: str = typer.Option("smollm2-135m-instruct", help="Model for --detoxifier lm, or model name for a URL."),
     max_rounds: int = typer.Option(2, min=0, help="Detoxify → re-detect rounds before the fixed refusal."),
@@ -111,7 +119,7 @@ def protect(
 def score(
     input: str = typer.Option(..., "--input", "-i", help=INPUT_HELP),
     output: str = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
-    detector: str = typer.Option("default", help="Saved detector folder or preset (default, fast, accurate)."),
+    detector: str = typer.Option("default", help="Saved detector folder or the shipped preset `default`."),
     batch_size: int = typer.Option(32, min=1),
     resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
 ) -> None:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "detector_config.json"
 InputFormat = Literal["response", "query_response"]
 #: Shipped presets: short names for folders under `mllm_protector/pretrained/`.
-PRESETS = {"default": "detector-default", "fast": "detector-fast", "accurate": "detector-accurate"}
+PRESETS = {"default": "detector-default"}
 #: How many query tokens at most precede each response window in the query_response format.
 MAX_QUERY_TOKENS = 64
 
@@ -68,6 +68,20 @@ def build_classifier(backbone: str, lora: bool, lora_r: int = 16, lora_alpha: in
     if lora:
         model = _wrap_lora(model, lora_r, lora_alpha)
     return model, tokenizer
+
+
+def load_trainable(path: str | os.PathLike[str]) -> tuple[Any, Any, DetectorConfig]:
+    """A saved LoRA detector as a trainable PEFT model + tokenizer + its config, to continue training."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    config = DetectorConfig.from_dict(json.loads((Path(path) / CONFIG_NAME).read_text()))
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"{path} holds no LoRA adapter to continue training from")
+    tokenizer = load_tokenizer(config.backbone)
+    base = load_model(config.backbone, AutoModelForSequenceClassification, quiet_new_head=True, num_labels=1)
+    _prepare_backbone(base, tokenizer)
+    return PeftModel.from_pretrained(base, str(path), is_trainable=True), tokenizer, config
 
 
 def _wrap_lora(model: Any, r: int, alpha: int) -> Any:
@@ -154,19 +168,22 @@ class HarmDetector:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", device: str | None = None) -> "HarmDetector":
-        """Load a saved detector folder, or a shipped preset name (`default`, `fast`, `accurate`)."""
+        """Load a saved detector folder, or a shipped preset name (`default`)."""
         from transformers import AutoModelForSequenceClassification
 
         path = Path(PRETRAINED_DIR / PRESETS[str(name_or_path)]) if str(name_or_path) in PRESETS else Path(name_or_path)
         config_file = path / CONFIG_NAME
         if not config_file.is_file():
-            raise ModelNotFoundError(f"'{name_or_path}' is not a saved detector: {config_file} does not exist")
+            raise ModelNotFoundError(
+                f"'{name_or_path}' is not a saved detector: {config_file} does not exist "
+                f"(shipped presets: {', '.join(PRESETS)}; or train one with `mllm-protector train detector`)"
+            )
         config = DetectorConfig.from_dict(json.loads(config_file.read_text()))
         tokenizer = load_tokenizer(config.backbone)
         if (path / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            base = load_model(config.backbone, AutoModelForSequenceClassification, num_labels=1)
+            base = load_model(config.backbone, AutoModelForSequenceClassification, quiet_new_head=True, num_labels=1)
             _prepare_backbone(base, tokenizer)
             model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
         else:
@@ -179,7 +196,11 @@ class HarmDetector:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(path))
-        (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        self.save_config(path)
+
+    def save_config(self, path: str | os.PathLike[str]) -> None:
+        """Write only the JSON config (threshold, metrics, training summary), e.g. after recalibration."""
+        (Path(path) / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
     def encode(self, responses: Sequence[str], queries: Sequence[str | None] | None = None) -> dict[str, Any]:
         """Token windows for scoring; `sample` maps each window back to its response index."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
@@ -33,13 +34,49 @@ CATEGORY_GUIDANCE = {
         "safe, legal and related help instead."
     ),
 }
-#: Map of scenario/category names (MM-SafetyBench, FigStep, JailbreakBench spellings) to guidance keys.
+#: Map of scenario/category names (MM-SafetyBench, FigStep, VLGuard spellings) to guidance keys.
+#: Anything not listed (crime, violence, malware, hate, sex, privacy, fraud, ...) gets "harm".
 CATEGORY_ALIASES = {
     "legal": "advice", "legal_opinion": "advice", "financial": "advice", "financial_advice": "advice",
-    "health": "advice", "health_consultation": "advice", "medical": "advice",
+    "health": "advice", "health_consultation": "advice", "medical": "advice", "professional_advice": "advice",
+    "advice": "advice",
     "political": "political", "political_lobbying": "political", "gov_decision": "political",
     "government": "political", "government_decision": "political",
 }
+
+#: Keyword map for queries that come without a category (see docs/detoxifier.md for its measured
+#: accuracy). Harm words win over advice/political words: "evade taxes" is crime, not tax advice.
+_HARM_WORDS = re.compile(
+    r"\b(illegal(ly)?|evad\w*|launder\w*|fraud\w*|scam\w*|steal\w*|counterfeit\w*|forg(e|ed|ing|ery)|brib\w*|"
+    r"hack\w*|malware|weapon\w*|bomb\w*|kill\w*|poison\w*|smuggl\w*|exploit\w*|manipulat\w*|rig(ging)?|"
+    r"tamper\w*|blackmail\w*|without (getting )?(caught|detect\w*)|insider trading|ponzi|pyramid scheme|"
+    r"fake|disinformation|misinformation|propaganda|harass\w*|hate|racis\w*|sex\w*|porn\w*|drugs?|trick\w*|"
+    r"pump.and.dump|pseudoscien\w*|phishing|spam\w*|astroturf\w*|cyber\w*|bully\w*|violen\w*|incit\w*|vilif\w*|"
+    r"unlawful\w*|without (their |his |her )?(consent|authori[sz]ation|permission)|payday|gambl\w*|cheat\w*)\b",
+    re.IGNORECASE,
+)
+_ADVICE_WORDS = re.compile(
+    r"\b(legal|law(s|yer|suit)?|attorney|court|contract\w*|sue|suing|lease|landlord|tenant|custody|divorce|"
+    r"copyright|trademark|patent|liabilit\w*|invest\w*|stocks?|bonds?|portfolio|financ\w*|loan|mortgage|"
+    r"retirement|pension|crypto\w*|bitcoin|tax(es)?|savings?|budget\w*|debt|credit score|insurance|"
+    r"health|medical|medicine|medication|symptoms?|diagnos\w*|treat(ment|ing)?|disease|illness|dose|dosage|"
+    r"doctor|therapy|pain|pregnan\w*|diet|cancer|diabetes|allerg\w*|infection|vaccine|injur\w*|"
+    r"mental health|anxiety|depression|headaches?|fever|fatigue|numbness|nosebleeds?|rash|weight loss|"
+    r"asset allocation|estate planning|401\(k\)|ira|salary|wills?|trusts?|defamation|non.compete|"
+    r"intellectual property|dispute|inheritance|bankruptcy)\b",
+    re.IGNORECASE,
+)
+_POLITICAL_WORDS = re.compile(
+    r"\b(politic\w*|campaign\w*|lobby\w*|election\w*|candidate\w*|voter\w*|votes?|voting|ballot\w*|"
+    r"partisan|senator|congress\w*|parliament\w*|legislat\w*|government\w*|policy|policies|immigration|"
+    r"public office|political party|democrat\w*|republican\w*|law enforcement|police|criminal suspects?|"
+    r"security threats?|migration|asylum|border|detainees?|surveillance|parole|sentencing)\b",
+    re.IGNORECASE,
+)
+
+#: The harmful answer is cut to this many characters in the prompt (enough to see what the answer
+#: is about; keeps prompts short so rewriting is fast and training fits a 352-token window).
+MAX_ANSWER_CHARS = 480
 
 SYSTEM_PROMPT = (
     "You rewrite assistant answers so they are safe. The answer below may contain harmful, dangerous, "
@@ -49,21 +86,65 @@ SYSTEM_PROMPT = (
 
 
 def guidance_key(category: str | None) -> str:
-    """Guidance key for a caller-given category or scenario name ('10-Legal_Opinion' → 'advice')."""
+    """Guidance key for a caller-given category or scenario name ('10-Legal_Opinion' → 'advice').
+
+    A leading scenario number is dropped; unknown names get "harm" (the safest rule).
+    """
     if not category:
         return "harm"
-    name = category.lower().split("-", 1)[-1].strip().replace(" ", "_")
+    if category in CATEGORY_GUIDANCE:
+        return category
+    name = re.sub(r"^\d+\s*[-_. ]\s*", "", category.strip().lower())
+    name = re.sub(r"[\s/-]+", "_", name)
     return CATEGORY_ALIASES.get(name, CATEGORY_ALIASES.get(name.split("_")[0], "harm"))
 
 
+def infer_category(query: str | None) -> str:
+    """Guidance key guessed from the query alone, for callers that pass no category.
+
+    Keyword map: any harm word → "harm"; else advice words (legal, financial, health) → "advice";
+    else political words → "political"; else "harm".
+    """
+    text = query or ""
+    if _HARM_WORDS.search(text):
+        return "harm"
+    if _ADVICE_WORDS.search(text):
+        return "advice"
+    if _POLITICAL_WORDS.search(text):
+        return "political"
+    return "harm"
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most `limit` characters, cut at a word boundary and marked with an ellipsis."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(None, 1)[0] + " ..."
+
+
 def build_messages(query: str, response: str, category: str | None = None) -> list[dict[str, str]]:
-    """The chat messages given to a detoxifier LM: the one prompt format for training and inference."""
+    """The chat messages given to a detoxifier LM: the one prompt format for training and inference.
+
+    `category` may be a guidance key, a scenario/category name, or None (then inferred from the query).
+    """
+    key = guidance_key(category) if category else infer_category(query)
     user = (
         f"Question: {query.strip() or '(no question given)'}\n\n"
-        f"Answer to rewrite: {response.strip()}\n\n"
-        f"Rule: {CATEGORY_GUIDANCE[guidance_key(category)]}"
+        f"Answer to rewrite: {_clip(response, MAX_ANSWER_CHARS)}\n\n"
+        f"Rule: {CATEGORY_GUIDANCE[key]}"
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def chat_prompt_ids(tokenizer: Any, query: str, response: str, category: str | None = None) -> list[int]:
+    """Token ids of the detoxifier chat prompt, ending where the assistant's rewrite begins.
+
+    The one tokenization used by `LMDetoxifier` at inference and by the detoxifier trainer.
+    """
+    messages = build_messages(query, response, category)
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return list(encoded["input_ids"])
 
 
 @runtime_checkable
@@ -90,7 +171,7 @@ class LMDetoxifier:
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
-        adapter: str | os.PathLike[str] | None = None,
+        adapter: str | os.PathLike[str] | bool | None = None,
         max_new_tokens: int = 160,
         device: str | None = None,
     ):
@@ -101,19 +182,20 @@ class LMDetoxifier:
         self.model = load_model(model, AutoModelForCausalLM)
         if adapter is None and model == "smollm2-135m-instruct" and (DEFAULT_DETOX_ADAPTER / "adapter_config.json").is_file():
             adapter = DEFAULT_DETOX_ADAPTER
-        if adapter is not None:
+        if adapter is True:
+            adapter = DEFAULT_DETOX_ADAPTER
+        if adapter:  # None → shipped default (above); False → the base model alone
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
-        self.adapter = str(adapter) if adapter is not None else None
+        self.adapter = str(adapter) if adapter else None
         self.max_new_tokens = max_new_tokens
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
 
     def prompt_ids(self, query: str, response: str, category: str | None = None) -> list[int]:
         """Token ids of the chat prompt, ending where the assistant's rewrite begins."""
-        messages = build_messages(query, response, category)
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        return chat_prompt_ids(self.tokenizer, query, response, category)
 
     def rewrite(self, query: str, response: str, category: str | None = None) -> str:
         """Greedy rewrite, bounded by `max_new_tokens`."""

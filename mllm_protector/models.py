@@ -122,9 +122,20 @@ def load_tokenizer(name: str, **kwargs: Any):
     return tokenizer
 
 
-def load_model(name: str, auto_class: Any, **kwargs: Any):
-    """Instantiate `auto_class` (e.g. AutoModelForCausalLM) from a resolved name, with clear errors."""
+def load_model(name: str, auto_class: Any, quiet_new_head: bool = False, **kwargs: Any):
+    """Instantiate `auto_class` (e.g. AutoModelForCausalLM) from a resolved name, with clear errors.
+
+    `quiet_new_head` silences transformers' "newly initialized" report when a saved adapter supplies
+    the head right after (it would otherwise tell users the trained head is missing).
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    if quiet_new_head:
+        hf_logging.set_verbosity_error()
     try:
         return auto_class.from_pretrained(resolve_model(name), **kwargs)
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model '{name}': {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(level)

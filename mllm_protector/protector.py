@@ -97,8 +97,8 @@ class Protector:
                 verdicts[i].rounds = round_no
                 if candidate:
                     candidates[i] = candidate
-            if not candidates:
-                break
+            if not candidates:  # every rewrite failed (e.g. endpoint down): retry next round, then refuse
+                continue
             t0 = time.perf_counter()
             idx = list(candidates)
             new_scores = self.detector.score([candidates[i] for i in idx], self._detector_queries([queries[i] for i in idx]))

@@ -33,3 +33,32 @@ def test_few_steps_lower_the_loss_and_save_a_loadable_detector(tmp_path):
     again = HarmDetector.from_pretrained(tmp_path / "det")
     texts = [e.response for e in train[:3]]
     assert again.score(texts) == pytest.approx(detector.score(texts), abs=1e-5)
+
+
+def test_calibrate_rechooses_the_threshold_on_benign_fpr_and_keeps_the_weights(tmp_path, detector):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mllm_protector.cli import app
+    from mllm_protector.config import PRETRAINED_DIR
+    from mllm_protector.data.readers import BENIGN_SOURCES
+
+    folder = tmp_path / "det"
+    shutil.copytree(PRETRAINED_DIR / "detector-default", folder)
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    result = CliRunner().invoke(app, ["train", "calibrate", str(folder), "--data-dir", str(FIXTURE_DATA), "--max-fpr", "0.0"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((folder / "detector_config.json").read_text())
+    calibration = saved["training"]["calibration"]
+    assert calibration["max_fpr"] == 0.0 and calibration["threshold"] == saved["threshold"]
+    assert calibration["command"].startswith("mllm-protector ")  # the invoking command line, for the model card
+    assert (folder / "adapter_model.safetensors").read_bytes() == weights
+    # the rule holds on the split it was chosen on: no benign (else no harmless) validation answer is flagged
+    _, _, val = split_corpus(load_corpus(FIXTURE_DATA), 0.15, seed=0)
+    benign = [e.response for e in val if e.source in BENIGN_SOURCES and e.label == 0]
+    assert calibration["fpr_on"] == ("benign sources" if benign else "all harmless")
+    benign = benign or [e.response for e in val if e.label == 0]
+    again = HarmDetector.from_pretrained(folder)
+    assert benign and max(again.score(benign)) < again.threshold
+    assert again.score(benign) == pytest.approx(detector.score(benign), abs=1e-6)

@@ -18,6 +18,15 @@ from .readers import (
     read_vicuna80,
     read_vlguard,
 )
+from .detox import (
+    DetoxRecord,
+    build_detox_dataset,
+    pairs_to_detox,
+    read_detox_jsonl,
+    split_detox,
+    write_detox_jsonl,
+)
+from .hub import read_beavertails, read_pku_saferlhf_hub
 from .records import HARMFUL, HARMLESS, Corpus, Example, Pair
 from .splits import group_split, leave_out, split_pairs
 
@@ -29,6 +38,7 @@ __all__ = [
     "PAIRS_PER_GROUP",
     "SOURCES",
     "Corpus",
+    "DetoxRecord",
     "Example",
     "Pair",
     "group_split",
@@ -46,4 +56,11 @@ __all__ = [
     "read_vicuna80",
     "read_vlguard",
     "split_pairs",
+    "build_detox_dataset",
+    "pairs_to_detox",
+    "read_beavertails",
+    "read_detox_jsonl",
+    "read_pku_saferlhf_hub",
+    "split_detox",
+    "write_detox_jsonl",
 ]

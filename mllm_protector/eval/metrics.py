@@ -52,21 +52,28 @@ def fpr_at_recall(labels: Sequence[int], scores: Sequence[float], recall: float 
     return float(fpr[np.argmax(tpr >= recall)])
 
 
-def choose_threshold(labels: Sequence[int], scores: Sequence[float], max_fpr: float = 0.05) -> float:
+def choose_threshold(
+    labels: Sequence[int], scores: Sequence[float], max_fpr: float = 0.05, fpr_mask: Sequence[bool] | None = None
+) -> float:
     """Threshold with the best F1 among those whose false-positive rate stays ≤ `max_fpr`.
 
-    Falls back to the best-F1 threshold when no candidate meets the FPR cap.
+    The FPR is measured on the harmless examples selected by `fpr_mask` (e.g. benign traffic) when
+    given, else on all harmless examples. Falls back to the best-F1 threshold when none meets the cap.
     """
-    candidates = sorted(set(float(s) for s in scores))
-    if not candidates:
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    if not len(s):
         return 0.5
+    negatives = (y == 0) & (np.asarray(fpr_mask, dtype=bool) if fpr_mask is not None else True)
     best, best_any = (-1.0, 0.5), (-1.0, 0.5)
-    for t in candidates:
-        m = threshold_metrics(labels, scores, t)
-        f1 = 0.0 if math.isnan(m["f1"]) else m["f1"]
-        best_any = max(best_any, (f1, t))
-        if not m["fpr"] > max_fpr:
-            best = max(best, (f1, t))
+    # every observed score, plus a value just above each negative one (so FPR 0 is reachable)
+    for t in np.unique(np.concatenate([s, np.nextafter(s[negatives], np.inf)])):
+        pred = s >= t
+        tp, fp, fn = int(np.sum(pred & (y == 1))), int(np.sum(pred & (y == 0))), int(np.sum(~pred & (y == 1)))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        best_any = max(best_any, (f1, float(t)))
+        if not negatives.any() or np.sum(pred & negatives) / np.sum(negatives) <= max_fpr:
+            best = max(best, (f1, float(t)))
     return best[1] if best[0] >= 0 else best_any[1]
 
 
@@ -80,3 +87,60 @@ def detector_report(labels: Sequence[int], scores: Sequence[float], threshold: f
         "fpr_at_95_recall": fpr_at_recall(labels, scores, 0.95),
         **threshold_metrics(labels, scores, threshold),
     }
+
+
+# ---------------------------------------------------------------- evaluation helpers (attack success, calibration)
+
+
+def rate(flags: Sequence[bool]) -> float:
+    """Fraction of True values; NaN for an empty list."""
+    return sum(bool(f) for f in flags) / len(flags) if len(flags) else math.nan
+
+
+def attack_success_rate(unsafe: Sequence[bool]) -> float:
+    """ASR: the fraction of answers to harmful prompts that a judge (or stored label) marks unsafe."""
+    return rate(unsafe)
+
+
+def reliability_curve(labels: Sequence[int], scores: Sequence[float], n_bins: int = 10) -> list[dict[str, float]]:
+    """Equal-width bins of P(harmful): per non-empty bin its range, count, mean score and harmful fraction.
+
+    A calibrated detector has `mean_score` ≈ `frac_harmful` in every bin. The last bin includes 1.0.
+    """
+    y = np.asarray(labels, dtype=float)
+    s = np.clip(np.asarray(scores, dtype=float), 0.0, 1.0)
+    index = np.minimum((s * n_bins).astype(int), n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        mask = index == b
+        if mask.any():
+            bins.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "count": int(mask.sum()),
+                         "mean_score": float(s[mask].mean()), "frac_harmful": float(y[mask].mean())})
+    return bins
+
+
+def expected_calibration_error(labels: Sequence[int], scores: Sequence[float], n_bins: int = 10) -> float:
+    """Count-weighted mean |mean score − harmful fraction| over the reliability bins; NaN when empty."""
+    bins = reliability_curve(labels, scores, n_bins)
+    total = sum(b["count"] for b in bins)
+    if not total:
+        return math.nan
+    return float(sum(b["count"] * abs(b["mean_score"] - b["frac_harmful"]) for b in bins) / total)
+
+
+def brier_score(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Mean squared error between P(harmful) and the 0/1 label; NaN when empty."""
+    if not len(labels):
+        return math.nan
+    return float(np.mean((np.asarray(scores, dtype=float) - np.asarray(labels, dtype=float)) ** 2))
+
+
+def roc_points(labels: Sequence[int], scores: Sequence[float], max_points: int = 200) -> dict[str, list[float]]:
+    """ROC curve as {fpr, tpr} lists, thinned to at most `max_points` (ends kept); empty for one class."""
+    if _nan_if_single_class(labels):
+        return {"fpr": [], "tpr": []}
+    fpr, tpr, _ = roc_curve(labels, scores)
+    if len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [float(x) for x in fpr], "tpr": [float(x) for x in tpr]}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -36,7 +38,8 @@ def detector(
     pairwise_weight: float = 0.5,
     max_per_class: int = typer.Option(0, help="Cap examples per (source, label) and pairs per source; 0 = all."),
     val_fraction: float = 0.15,
-    max_fpr: float = typer.Option(0.05, help="Threshold keeps validation false-positive rate at most this."),
+    max_fpr: float = typer.Option(0.05, help="Threshold keeps the FPR on benign validation answers at most this."),
+    init_from: Optional[Path] = typer.Option(None, help="Saved LoRA detector to continue training from."),
     seed: int = 0,
     resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in output-dir."),
 ) -> None:
@@ -66,6 +69,7 @@ def detector(
         max_per_class=max_per_class,
         val_fraction=val_fraction,
         max_fpr=max_fpr,
+        init_from=str(init_from) if init_from else None,
         seed=seed,
         save_strategy="steps" if resume or max_steps > 0 else "epoch",
         save_steps=200,
@@ -73,9 +77,127 @@ def detector(
         resume_from_checkpoint=_last_checkpoint(output_dir / "checkpoints") if resume else None,
     )
     detector_model, report = train_detector(args, train, pairs, val, corpus.summary())
+    detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
     if args.process_index == 0:
         save_detector(detector_model, output_dir, report)
         typer.echo(json.dumps(report.get("validation", {}).get("overall", {}), indent=2))
+
+
+@app.command("calibrate")
+def calibrate_command(
+    detector_dir: Path = typer.Argument(..., help="Saved detector folder whose threshold is re-chosen in place."),
+    data_dir_: Optional[Path] = typer.Option(None, "--data-dir", help="Shared data folder (default ../shared/data)."),
+    sources: Optional[str] = typer.Option(None, help="Comma-separated corpus sources (default: all)."),
+    jsonl: list[Path] = typer.Option([], "--jsonl", help="Labelled JSONL files (response, label[, query]) to calibrate on."),
+    max_fpr: float = typer.Option(0.05, help="Threshold keeps the FPR on benign validation answers at most this."),
+) -> None:
+    """Re-choose a trained detector's threshold on its held-out split (same split as its training)."""
+    from ..detector import HarmDetector
+    from ..train.detector import calibrate, split_corpus
+
+    model = HarmDetector.from_pretrained(detector_dir)
+    saved = model.config.training.get("arguments", {})
+    use_shared = not jsonl or data_dir_ is not None
+    corpus = load_corpus(data_dir(data_dir_), sources.split(",") if sources else None) if use_shared else Corpus()
+    for path in jsonl:
+        corpus = corpus + Corpus(read_jsonl_examples(path, source=path.stem))
+    _, _, val = split_corpus(corpus, saved.get("val_fraction", 0.15), saved.get("seed", 0))
+    report = calibrate(model, val, max_fpr)
+    model.config.training["calibration"]["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
+    model.save_config(detector_dir)
+    typer.echo(json.dumps({"threshold": model.config.threshold, **report["overall"]}, indent=2))
+
+
+@app.command("detoxifier")
+def detoxifier(
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder to save the adapter (or full model) in."),
+    model: str = typer.Option("smollm2-135m-instruct", help="Base causal LM with a chat template: alias, path or hub id."),
+    data_dir_: Optional[Path] = typer.Option(None, "--data-dir", help="Shared data folder (default ../shared/data)."),
+    sources: Optional[str] = typer.Option(None, help="Comma-separated detox sources (mmsb_gemini, jailbreakbench, pku_saferlhf, matched; default all)."),
+    jsonl: list[Path] = typer.Option([], "--jsonl", help="Extra detox JSONL files (query, harmful, target[, category])."),
+    pku: list[str] = typer.Option([], "--pku", help="PKU-SafeRLHF-format data (hub id or local json/jsonl/parquet): pairs with one safe answer."),
+    lora: bool = typer.Option(True, help="LoRA adapter (a few MB) instead of a full fine-tune."),
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", help="Comma-separated module names."),
+    max_length: int = typer.Option(352, help="Prompt + target tokens."),
+    epochs: float = 1.0,
+    max_steps: int = typer.Option(-1, help="Stop after this many steps (overrides epochs when > 0)."),
+    batch_size: int = 4,
+    grad_accum: int = 1,
+    learning_rate: float = 2e-4,
+    val_fraction: float = 0.1,
+    max_per_source: str = typer.Option("0", help="Cap training records per source: N for every source, or 'source=N,...'; 0 = all."),
+    max_minutes: float = typer.Option(0, help="Stop training after this many minutes of wall time (0 = no limit)."),
+    save_steps: int = typer.Option(50, help="Checkpoint every N steps (with --resume or --max-steps)."),
+    logging_steps: int = typer.Option(10, help="Log the training loss every N steps."),
+    save_dtype: str = typer.Option("float16", help="dtype of the saved adapter: float16 | bfloat16 | float32."),
+    records_out: Optional[Path] = typer.Option(None, help="Also write the built train/validation records as JSONL here."),
+    log_seen_examples: bool = typer.Option(False, help="Write each rank's trained example indices (data-parallel check)."),
+    seed: int = 0,
+    resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in output-dir/checkpoints."),
+) -> None:
+    """Fine-tune a detoxifier (loss on target tokens only); save adapter, training report and model card."""
+    from ..data.detox import build_detox_dataset, cap_per_source, pairs_to_detox, read_detox_jsonl, split_detox, summarize, write_detox_jsonl
+    from ..train.detoxifier import DetoxTrainingArguments, render_model_card, save_detoxifier, train_detoxifier
+
+    extra = [r for path in jsonl for r in read_detox_jsonl(path)]
+    if pku:
+        from ..data.hub import read_pku_saferlhf_hub
+
+        extra += [r for ref in pku for r in pairs_to_detox(read_pku_saferlhf_hub(ref).pairs, source="pku_hub")]
+    use_shared = not extra or data_dir_ is not None or sources is not None
+    records = build_detox_dataset(data_dir(data_dir_), sources.split(",") if sources else None, extra) if use_shared else extra
+    train, val = split_detox(records, val_fraction, seed)
+    caps = _parse_caps(max_per_source, {r.source for r in train})
+    if caps:
+        train = cap_per_source(train, caps, seed)
+    if records_out is not None:
+        write_detox_jsonl(train, records_out / "train.jsonl")
+        write_detox_jsonl(val, records_out / "validation.jsonl")
+    args = DetoxTrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        model=model,
+        lora=lora,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_targets=lora_targets,
+        max_length=max_length,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=learning_rate,
+        save_dtype=save_dtype,
+        log_seen_examples=log_seen_examples,
+        max_minutes=max_minutes,
+        seed=seed,
+        save_strategy="steps" if resume or max_steps > 0 else "no",
+        save_steps=save_steps,
+        save_total_limit=1,
+        logging_steps=logging_steps,
+        resume_from_checkpoint=_last_checkpoint(output_dir / "checkpoints") if resume else None,
+    )
+    summary = {"train": summarize(train), "validation": summarize(val), "val_fraction": val_fraction, "seed": seed}
+    trained, tokenizer, report = train_detoxifier(args, train, val, summary)
+    report["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
+    if args.process_index == 0:
+        save_detoxifier(trained, tokenizer, output_dir, report, save_dtype)
+        render_model_card(output_dir)
+        typer.echo(json.dumps({k: report.get(k) for k in ("global_step", "train_loss", "validation_loss_before", "validation_loss", "wall_time_s")}, indent=2))
+
+
+def _parse_caps(text: str, sources: set[str]) -> dict[str, int]:
+    """'300' → every source capped at 300; 'jailbreakbench=250,matched=150' → those two; '0' → none."""
+    text = text.strip()
+    if not text or text == "0":
+        return {}
+    try:
+        if "=" not in text:
+            return {s: int(text) for s in sources}
+        return {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
+    except ValueError as exc:
+        raise typer.BadParameter(f"--max-per-source: expected N or 'source=N,...', got {text!r}") from exc
 
 
 def _last_checkpoint(folder: Path) -> Optional[str]:

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from ..data.readers import BENIGN_SOURCES
 from ..data.records import Corpus, Example, Pair
 from ..data.splits import group_split, split_pairs
-from ..detector import DetectorConfig, HarmDetector, build_classifier, encode_windows
+from ..detector import DetectorConfig, HarmDetector, build_classifier, encode_windows, load_trainable
 from ..eval.metrics import choose_threshold, detector_report
 
 logger = logging.getLogger(__name__)
@@ -41,11 +42,14 @@ class DetectorTrainingArguments(TrainingArguments):
     truncation_augment: float = field(
         default=0.3, metadata={"help": "fraction of examples also seen as a random-length prefix"}
     )
+    init_from: str | None = field(default=None, metadata={"help": "saved LoRA detector to continue training from"})
     val_fraction: float = 0.15
     max_per_class: int = field(
         default=0, metadata={"help": "cap training examples per (source, label) and pairs per source; 0 = all"}
     )
-    max_fpr: float = field(default=0.05, metadata={"help": "threshold keeps validation FPR at most this"})
+    max_fpr: float = field(
+        default=0.05, metadata={"help": "threshold keeps the FPR on benign validation answers at most this"}
+    )
     learning_rate: float = 5e-4
     per_device_train_batch_size: int = 16
     num_train_epochs: float = 2.0
@@ -142,12 +146,17 @@ def _pair_items(pairs: Sequence[Pair], tokenizer: Any, config: DetectorConfig) -
 def evaluate(detector: HarmDetector, examples: Sequence[Example]) -> tuple[list[float], dict[str, Any]]:
     """Scores and metrics (overall and per source) of a detector on labelled examples."""
     scores = detector.score([e.response for e in examples], [e.query for e in examples])
+    return scores, scores_report(examples, scores, detector.threshold)
+
+
+def scores_report(examples: Sequence[Example], scores: Sequence[float], threshold: float) -> dict[str, Any]:
+    """Metrics overall and per source for given scores at `threshold` (no model call)."""
     labels = [e.label for e in examples]
-    report: dict[str, Any] = {"overall": detector_report(labels, scores, detector.threshold), "by_source": {}}
+    report: dict[str, Any] = {"overall": detector_report(labels, scores, threshold), "by_source": {}}
     for source in sorted({e.source for e in examples}):
         idx = [i for i, e in enumerate(examples) if e.source == source]
-        report["by_source"][source] = detector_report([labels[i] for i in idx], [scores[i] for i in idx], detector.threshold)
-    return scores, report
+        report["by_source"][source] = detector_report([labels[i] for i in idx], [scores[i] for i in idx], threshold)
+    return report
 
 
 def train_detector(
@@ -158,13 +167,14 @@ def train_detector(
     data_summary: dict[str, Any] | None = None,
 ) -> tuple[HarmDetector, dict[str, Any]]:
     """Train a detector; choose its threshold on `validation` (FPR ≤ max_fpr) and report its metrics."""
-    model, tokenizer = build_classifier(args.backbone, args.lora, args.lora_r, args.lora_alpha)
+    if args.init_from:  # continue from a saved detector: its backbone and input format win
+        model, tokenizer, saved = load_trainable(args.init_from)
+        backbone, input_format, lora = saved.backbone, saved.input_format, True
+    else:
+        model, tokenizer = build_classifier(args.backbone, args.lora, args.lora_r, args.lora_alpha)
+        backbone, input_format, lora = args.backbone, args.input_format, args.lora
     config = DetectorConfig(
-        backbone=args.backbone,
-        max_length=args.max_length,
-        stride=args.stride,
-        input_format=args.input_format,  # type: ignore[arg-type]
-        lora=args.lora,
+        backbone=backbone, max_length=args.max_length, stride=args.stride, input_format=input_format, lora=lora  # type: ignore[arg-type]
     )
     items = _pointwise_items(train, tokenizer, config, args.truncation_augment, args.balance, args.seed)
     items += _pair_items(pairs, tokenizer, config) if args.pairwise_weight > 0 else []
@@ -183,8 +193,9 @@ def train_detector(
     ]}
     if validation:
         scores, _ = evaluate(detector, validation)
-        config.threshold = choose_threshold([e.label for e in validation], scores, args.max_fpr)
-        _, report["validation"] = evaluate(detector, validation)
+        benign = [e.source in BENIGN_SOURCES for e in validation]
+        config.threshold = choose_threshold([e.label for e in validation], scores, args.max_fpr, benign if any(benign) else None)
+        report["validation"] = scores_report(validation, scores, config.threshold)
     config.training = {
         "data": data_summary or {},
         "arguments": {k: v for k, v in asdict(args).items() if k in _CARD_ARGS},
@@ -196,9 +207,29 @@ def train_detector(
     return detector, report
 
 
+def calibrate(detector: HarmDetector, validation: Sequence[Example], max_fpr: float) -> dict[str, Any]:
+    """Re-choose the threshold of a trained detector on held-out `validation` and refresh its metrics.
+
+    Same rule as training: best F1 whose FPR on benign answers (or all harmless ones, if no benign
+    source is present) stays ≤ `max_fpr`. Weights are untouched; returns the new validation report.
+    """
+    scores, _ = evaluate(detector, validation)
+    benign = [e.source in BENIGN_SOURCES for e in validation]
+    labels = [e.label for e in validation]
+    previous = detector.config.threshold
+    detector.config.threshold = choose_threshold(labels, scores, max_fpr, benign if any(benign) else None)
+    report = scores_report(validation, scores, detector.config.threshold)
+    detector.config.metrics = report
+    detector.config.training["calibration"] = {
+        "previous_threshold": previous, "threshold": detector.config.threshold, "max_fpr": max_fpr,
+        "validation_examples": len(validation), "fpr_on": "benign sources" if any(benign) else "all harmless",
+    }
+    return report
+
+
 _CARD_ARGS = {
     "backbone", "lora", "lora_r", "lora_alpha", "max_length", "stride", "input_format", "pairwise_weight",
-    "balance", "truncation_augment", "val_fraction", "max_per_class", "max_fpr", "learning_rate", "num_train_epochs",
+    "balance", "truncation_augment", "val_fraction", "max_per_class", "init_from", "max_fpr", "learning_rate", "num_train_epochs",
     "per_device_train_batch_size", "seed", "max_steps",
 }
 

@@ -1,0 +1,273 @@
+"""Guarded streaming: hold upstream text back until the detector approved it, then release it as SSE.
+
+The relay reads the upstream's OpenAI SSE stream, appends content deltas to a hold-back buffer and,
+at window boundaries (`stream.mode`: sentence ends after `min_chars`, at the latest `max_chars`; or
+fixed `max_chars` windows), scores the answer so far (its last `context_chars`). Approved text is sent
+to the client as `chat.completion.chunk`s; when a window is flagged the upstream is closed and the
+detoxified (or refusal) continuation is streamed instead. Text that was not approved is never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Optional
+
+from .config import StreamConfig
+from .guard import SEVERITY, AsyncGuard, GuardFailure, Outcome
+
+logger = logging.getLogger(__name__)
+
+#: A sentence ends at . ! ? (or their CJK forms, or …) plus closing quotes/brackets, before whitespace; or at a newline.
+_SENTENCE_END = re.compile(r"[.!?。！？…][\"'”’)\]]*(?=\s)|\n")
+_SPACE = re.compile(r"\s")
+#: Between the approved prefix and a replacement continuation.
+SEPARATOR = "\n\n"
+
+
+class HoldBack:
+    """Text received from upstream but not yet released; decides where the next check cuts."""
+
+    def __init__(self, cfg: StreamConfig):
+        self.cfg = cfg
+        self.pending = ""
+
+    def feed(self, text: str) -> None:
+        self.pending += text
+
+    def next_window(self) -> Optional[str]:
+        """The next piece to check now (removed from the buffer), or None to keep waiting."""
+        cut = self._cut()
+        if cut is None or cut <= 0:
+            return None
+        window, self.pending = self.pending[:cut], self.pending[cut:]
+        return window
+
+    def flush(self) -> str:
+        """Everything still held (end of stream)."""
+        window, self.pending = self.pending, ""
+        return window
+
+    def _cut(self) -> Optional[int]:
+        n = len(self.pending)
+        if self.cfg.mode == "sentence" and n >= self.cfg.min_chars:
+            ends = [m.end() for m in _SENTENCE_END.finditer(self.pending) if m.end() >= self.cfg.min_chars]
+            if ends:
+                return ends[-1]
+        if n >= self.cfg.max_chars:
+            spaces = [m.start() + 1 for m in _SPACE.finditer(self.pending) if m.start() + 1 >= self.cfg.min_chars]
+            return spaces[-1] if spaces else n
+        return None
+
+
+class UpstreamStreamError(Exception):
+    """The upstream stream broke (timeout, disconnect, malformed data, error event)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class StreamResult:
+    """Filled while streaming; read by the caller for metrics and the audit line."""
+
+    outcome: Outcome
+    released: str = ""
+    windows: int = 0
+    guard_ms: float = 0.0
+    upstream_error: Optional[str] = None
+    finish_reason: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sse(data: Any) -> bytes:
+    """One server-sent event line in the OpenAI format."""
+    return b"data: " + (data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)).encode() + b"\n\n"
+
+
+class StreamRelay:
+    """Turns one upstream SSE line stream into a guarded client SSE byte stream."""
+
+    def __init__(self, guard: AsyncGuard, cfg: StreamConfig, query: str, category: Optional[str],
+                 model: Optional[str], request_id: str, on_window: Callable[[str], None] | None = None):
+        self.guard = guard
+        self.cfg = cfg
+        self.query = query
+        self.category = category
+        self.model = model
+        self.request_id = request_id
+        self.on_window = on_window or (lambda result: None)
+        self.hold = HoldBack(cfg)
+        self.approved = ""
+        self.meta: dict[str, Any] = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": model}
+        self.result = StreamResult(outcome=Outcome(text="", action="pass", harmful=False, score=0.0, final_score=0.0))
+        self._held_deltas: list[dict[str, Any]] = []
+        self._usage: Optional[dict[str, Any]] = None
+        self._role_sent = False
+        self._meta_set = False
+        self._max_score: Optional[float] = None
+
+    # --- chunk helpers --------------------------------------------------------------------------
+    def _chunk(self, delta: dict[str, Any], finish_reason: Optional[str] = None, **extra: Any) -> bytes:
+        body: dict[str, Any] = {
+            "id": self.meta["id"], "object": "chat.completion.chunk", "created": self.meta["created"],
+            "model": self.meta["model"], "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if self.meta.get("system_fingerprint"):
+            body["system_fingerprint"] = self.meta["system_fingerprint"]
+        body.update(extra)
+        return sse(body)
+
+    def _role(self) -> list[bytes]:
+        if self._role_sent:
+            return []
+        self._role_sent = True
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def _note(self, outcome: Outcome) -> None:
+        """Keep the most severe decision and the highest window score for the stream's outcome."""
+        if outcome.score is not None:
+            self._max_score = max(self._max_score or 0.0, outcome.score)
+        if SEVERITY[outcome.action] > SEVERITY[self.result.outcome.action]:
+            self.result.outcome = outcome
+        self.result.outcome.score = self._max_score
+
+    # --- the relay ------------------------------------------------------------------------------
+    async def run(self, lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
+        """Yield client SSE bytes; returns early (upstream left unread) once a window was flagged."""
+        finish_reason: Optional[str] = None
+        try:
+            async for payload in self._events(lines):
+                for out in self._role():  # no text: sent at once so clients see the stream start
+                    yield out
+                for choice in payload.get("choices") or []:
+                    if choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        self.hold.feed(delta["content"])
+                    others = {k: v for k, v in delta.items() if k not in ("content", "role") and v is not None}
+                    if others:
+                        self._held_deltas.append(others)  # tool calls etc.: released at the end, after the content
+                    finish_reason = choice.get("finish_reason") or finish_reason
+                while (window := self.hold.next_window()) is not None:
+                    approved, chunks = await self._release(window)
+                    for out in chunks:
+                        yield out
+                    if not approved:
+                        yield self._final("stop")
+                        return
+        except UpstreamStreamError as exc:
+            self.result.upstream_error = exc.kind
+            for out in self._role():
+                yield out
+            yield sse({"error": {"message": f"{exc} (request {self.request_id}); the answer is incomplete",
+                                 "type": "upstream_error", "param": None, "code": f"upstream_{exc.kind}"}})
+            return
+        tail = self.hold.flush()
+        for out in self._role():
+            yield out
+        if tail:
+            approved, chunks = await self._release(tail)
+            for out in chunks:
+                yield out
+            if not approved:
+                yield self._final("stop")  # held tool calls etc. of a flagged answer are dropped with it
+                return
+        for delta in self._held_deltas:
+            yield self._chunk(delta)
+        yield self._final(finish_reason or "stop")
+
+    def _final(self, finish_reason: str) -> bytes:
+        self.result.finish_reason = finish_reason
+        self.result.outcome.text = self.result.released
+        out = self._chunk({}, finish_reason, protector=self.result.outcome.info())
+        if self._usage is not None:
+            out += sse({"id": self.meta["id"], "object": "chat.completion.chunk", "created": self.meta["created"],
+                        "model": self.meta["model"], "choices": [], "usage": self._usage})
+        return out
+
+    async def _events(self, lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+        """Parsed upstream `data:` payloads until [DONE]; UpstreamStreamError on anything broken."""
+        import httpx
+
+        try:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    payload = json.loads(data)
+                except json.JSONDecodeError:
+                    raise UpstreamStreamError("protocol", "upstream sent malformed stream data") from None
+                if not isinstance(payload, dict):
+                    raise UpstreamStreamError("protocol", "upstream sent malformed stream data")
+                if payload.get("error"):
+                    error = payload["error"]
+                    message = error.get("message") if isinstance(error, dict) else str(error)
+                    raise UpstreamStreamError("status", f"upstream error mid-stream: {str(message)[:200]}")
+                if not self._meta_set:  # ids of the upstream completion, kept for every chunk we send
+                    self._meta_set = True
+                    for key in ("id", "created", "system_fingerprint"):
+                        if payload.get(key) is not None:
+                            self.meta[key] = payload[key]
+                    if self.meta.get("model") is None and payload.get("model"):
+                        self.meta["model"] = payload["model"]
+                if payload.get("usage"):
+                    self._usage = payload["usage"]
+                yield payload
+        except httpx.TimeoutException:
+            raise UpstreamStreamError("timeout", "upstream stopped sending (read timeout)") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamStreamError("unreachable", f"upstream stream broke: {type(exc).__name__}") from None
+
+    async def _release(self, window: str) -> tuple[bool, list[bytes]]:
+        """Check approved+window; approved → its chunk; flagged → the replacement continuation chunks."""
+        t0 = time.perf_counter()
+        candidate = self.approved + window
+        try:
+            score = await self.guard.check(self.query, candidate[-self.cfg.context_chars :])
+        except GuardFailure as failure:
+            outcome = self.guard.failed(window, failure)
+            self._note(outcome)
+            self.result.guard_ms += (time.perf_counter() - t0) * 1000
+            if outcome.action == "unchecked":  # fail-open: release unchecked
+                self.on_window("unchecked")
+                return True, [self._emit(window)]
+            self.on_window("failed")
+            return False, self._continue_with(self.guard.refusal)
+        self.result.windows += 1
+        if score < self.guard.threshold:
+            self.on_window("approved")
+            self._note(Outcome(text="", action="pass", harmful=False, score=score, final_score=score))
+            self.result.guard_ms += (time.perf_counter() - t0) * 1000
+            return True, [self._emit(window)]
+        self.on_window("flagged")
+        # Flagged: the detoxifier sees the whole answer so far (and what is held back), never released.
+        outcome = await self.guard.replace(self.query, candidate + self.hold.flush(), self.category, score)
+        text = outcome.text
+        if self.approved and text != self.guard.refusal:
+            try:  # the continuation must also pass next to what the client already has
+                joined = (self.approved + SEPARATOR + text)[-self.cfg.context_chars :]
+                if await self.guard.check(self.query, joined) >= self.guard.threshold:
+                    text, outcome.action = self.guard.refusal, "refused"
+            except GuardFailure:
+                text, outcome.action = self.guard.refusal, "refused"
+        outcome.text = text
+        self._note(outcome)
+        self.result.guard_ms += (time.perf_counter() - t0) * 1000
+        return False, self._continue_with(text)
+
+    def _emit(self, text: str) -> bytes:
+        self.approved += text
+        self.result.released += text
+        return self._chunk({"content": text})
+
+    def _continue_with(self, text: str) -> list[bytes]:
+        return [self._emit((SEPARATOR if self.approved else "") + text)]
