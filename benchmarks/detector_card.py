@@ -64,6 +64,16 @@ def render(folder: Path, name: str) -> tuple[str, str]:
     extra_pairs = {s: n for s, n in data.get("pairs_by_source", {}).items() if s not in data["by_source"]}
     sources += "".join(f"\n| {s} | 0 | 0 | {n} | {LICENSES.get(s, 'see source')} |" for s, n in sorted(extra_pairs.items()))
     args = training["arguments"]
+    stages, stage = [], training.get("init_from_training")
+    while stage:  # earlier training stages, oldest last
+        stages.append(stage)
+        stage = stage.get("init_from_training")
+    history = "".join(
+        f"\n\nContinued from an earlier stage trained by `{st.get('command', 'n/a')}` "
+        f"({st.get('train_examples', '?')} answers + {st.get('train_pairs', '?')} pairs, "
+        f"{st.get('arguments', {}).get('num_train_epochs', '?')} epoch(s), lr {st.get('arguments', {}).get('learning_rate', '?')})."
+        for st in stages
+    )
     cal = training.get("calibration")
     calibration = (
         f"\n\nThreshold re-chosen after training by `{cal['command']}` (same held-out split, weights untouched): "
@@ -95,7 +105,7 @@ Loss: BCE (harmful examples weighted by n_harmless/n_harmful) + {args.get('pairw
 pairwise ranking term -logsigmoid(h_unsafe - h_safe); {args.get('num_train_epochs')} epoch(s),
 lr {args.get('learning_rate')}, batch {args.get('per_device_train_batch_size')}, at most
 {args.get('max_per_class') or 'all'} examples per (source, label) and pairs per source, seed {args.get('seed')}.
-Training set: {training['train_examples']} answers + {training['train_pairs']} ranking pairs.{calibration}
+Training set: {training['train_examples']} answers + {training['train_pairs']} ranking pairs.{history}{calibration}
 
 | source (whole corpus) | harmful | harmless | pairs | license |
 |---|---|---|---|---|
@@ -116,7 +126,7 @@ Generalisation to unseen sources and scenarios is lower than this in-distributio
     fragment = f"""## Shipped detector `{name}` — validation metrics
 
 Produced by the training command `{training.get('command', 'n/a')}` (trainer metrics saved in
-`detector_config.json`); rendered by `python benchmarks/detector_card.py {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder} --name {name}`.{calibration}
+`detector_config.json`); rendered by `python benchmarks/detector_card.py {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder} --name {name}`.{history}{calibration}
 
 {headline}
 

@@ -33,6 +33,11 @@ def test_few_steps_lower_the_loss_and_save_a_loadable_detector(tmp_path):
     again = HarmDetector.from_pretrained(tmp_path / "det")
     texts = [e.response for e in train[:3]]
     assert again.score(texts) == pytest.approx(detector.score(texts), abs=1e-5)
+    # a second stage continues from the saved detector and records how the first stage was trained
+    args.init_from, args.max_steps, args.output_dir = str(tmp_path / "det"), 2, str(tmp_path / "ckpt2")
+    second, _ = train_detector(args, train, pairs, val or train[:4], corpus.summary())
+    stage = second.config.training["init_from_training"]
+    assert stage["arguments"]["max_steps"] == 16 and stage["train_examples"] == len(train)
 
 
 def test_calibrate_rechooses_the_threshold_on_benign_fpr_and_keeps_the_weights(tmp_path, detector):

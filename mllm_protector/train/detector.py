@@ -197,6 +197,7 @@ def train_detector(
         config.threshold = choose_threshold([e.label for e in validation], scores, args.max_fpr, benign if any(benign) else None)
         report["validation"] = scores_report(validation, scores, config.threshold)
     config.training = {
+        **({"init_from_training": _stage(saved.training)} if args.init_from else {}),
         "data": data_summary or {},
         "arguments": {k: v for k, v in asdict(args).items() if k in _CARD_ARGS},
         "train_examples": len(train),
@@ -225,6 +226,12 @@ def calibrate(detector: HarmDetector, validation: Sequence[Example], max_fpr: fl
         "validation_examples": len(validation), "fpr_on": "benign sources" if any(benign) else "all harmless",
     }
     return report
+
+
+def _stage(training: dict[str, Any]) -> dict[str, Any]:
+    """How the detector we continued from was trained (its command, arguments and earlier stages)."""
+    keys = ("command", "arguments", "train_examples", "train_pairs", "init_from_training")
+    return {k: training[k] for k in keys if k in training}
 
 
 _CARD_ARGS = {
