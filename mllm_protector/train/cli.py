@@ -19,6 +19,15 @@ app = typer.Typer(help="Train a harm detector or a detoxifier on your own policy
 logger = logging.getLogger(__name__)
 
 
+def _labelled_corpus(data_dir_: Optional[Path], sources: Optional[str], jsonl: list[Path]) -> Corpus:
+    """The shared data sets (or a subset) plus the user's JSONL files; only --jsonl given: those alone."""
+    use_shared = not jsonl or data_dir_ is not None
+    corpus = load_corpus(data_dir(data_dir_), sources.split(",") if sources else None) if use_shared else Corpus()
+    for path in jsonl:
+        corpus = corpus + Corpus(read_jsonl_examples(path, source=path.stem))
+    return corpus
+
+
 @app.command("detector")
 def detector(
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder to save the trained detector in."),
@@ -46,10 +55,7 @@ def detector(
     """Train a HarmDetector (BCE + pairwise ranking); save it with its threshold and validation metrics."""
     from ..train.detector import DetectorTrainingArguments, cap_per_class, save_detector, split_corpus, train_detector
 
-    use_shared = not jsonl or data_dir_ is not None  # only --jsonl given: train on the user's data alone
-    corpus = load_corpus(data_dir(data_dir_), sources.split(",") if sources else None) if use_shared else Corpus()
-    for path in jsonl:
-        corpus = corpus + Corpus(read_jsonl_examples(path, source=path.stem))
+    corpus = _labelled_corpus(data_dir_, sources, jsonl)
     train, pairs, val = split_corpus(corpus, val_fraction, seed)
     train, pairs = cap_per_class(train, pairs, max_per_class, seed)
     args = DetectorTrainingArguments(
@@ -97,10 +103,7 @@ def calibrate_command(
 
     model = HarmDetector.from_pretrained(detector_dir)
     saved = model.config.training.get("arguments", {})
-    use_shared = not jsonl or data_dir_ is not None
-    corpus = load_corpus(data_dir(data_dir_), sources.split(",") if sources else None) if use_shared else Corpus()
-    for path in jsonl:
-        corpus = corpus + Corpus(read_jsonl_examples(path, source=path.stem))
+    corpus = _labelled_corpus(data_dir_, sources, jsonl)
     _, _, val = split_corpus(corpus, saved.get("val_fraction", 0.15), saved.get("seed", 0))
     report = calibrate(model, val, max_fpr)
     model.config.training["calibration"]["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
