@@ -120,8 +120,9 @@ FigStep, the JBB judge), human for PKU-SafeRLHF; hh-rlhf only enters as chosen/r
 
 {metrics_table(metrics)}
 
-Generalisation to unseen sources and scenarios is lower than this in-distribution split: see
-`docs/RESULTS.md` (leave-one-source-out, leave-one-scenario-out, backbone comparison).
+Generalisation to unseen sources is much lower than this in-distribution split (a detector trained
+without the human-labelled PKU-SafeRLHF answers scores them far worse): see `docs/RESULTS.md` (held-out
+source and backbone comparison, both at a reduced training budget).
 """
     fragment = f"""## Shipped detector `{name}` — validation metrics
 
