@@ -118,6 +118,7 @@ def evaluate(name: str, detox: Any, records: list[DetoxRecord], detector: Any, e
     queries = [r.query for r in records]
     harmful_flags = detector.is_harmful(rewrites, queries)
     judge = [keyword_judge(t) for t in rewrites]
+    safe_by_both = [not flag and ok for flag, ok in zip(harmful_flags, judge)]
     q_vec = embedder.encode(queries, normalize_embeddings=True)
     r_vec = embedder.encode(rewrites, normalize_embeddings=True)
     f_vec = embedder.encode([DEFAULT_REFUSAL], normalize_embeddings=True)[0]
@@ -125,8 +126,8 @@ def evaluate(name: str, detox: Any, records: list[DetoxRecord], detector: Any, e
     ref = q_vec @ f_vec
     norm = [" ".join(t.lower().split()) for t in rewrites]
     by_category: dict[str, list[bool]] = defaultdict(list)
-    for record, flag, ok in zip(records, harmful_flags, judge):
-        by_category[record.category].append((not flag) and ok)
+    for record, safe in zip(records, safe_by_both):
+        by_category[record.category].append(safe)
     return {
         "name": name,
         "n": len(records),
@@ -144,7 +145,7 @@ def evaluate(name: str, detox: Any, records: list[DetoxRecord], detector: Any, e
         "mean_chars": statistics.mean(len(t) for t in rewrites),
         "empty": sum(not t.strip() for t in rewrites),
         "rewrites": rewrites,
-        "safe_by_both": [not f and j for f, j in zip(harmful_flags, judge)],
+        "safe_by_both": safe_by_both,
     }
 
 

@@ -72,16 +72,22 @@ def build_classifier(backbone: str, lora: bool, lora_r: int = 16, lora_alpha: in
 
 def load_trainable(path: str | os.PathLike[str]) -> tuple[Any, Any, DetectorConfig]:
     """A saved LoRA detector as a trainable PEFT model + tokenizer + its config, to continue training."""
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
-
     config = DetectorConfig.from_dict(json.loads((Path(path) / CONFIG_NAME).read_text()))
     if not (Path(path) / "adapter_config.json").is_file():
         raise ModelNotFoundError(f"{path} holds no LoRA adapter to continue training from")
     tokenizer = load_tokenizer(config.backbone)
+    return _load_adapter(path, config, tokenizer, trainable=True), tokenizer, config
+
+
+def _load_adapter(path: str | os.PathLike[str], config: DetectorConfig, tokenizer: Any, trainable: bool) -> Any:
+    """Backbone + the saved LoRA adapter and head in `path`: trainable PEFT model, or merged for inference."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
     base = load_model(config.backbone, AutoModelForSequenceClassification, quiet_new_head=True, num_labels=1)
     _prepare_backbone(base, tokenizer)
-    return PeftModel.from_pretrained(base, str(path), is_trainable=True), tokenizer, config
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
+    return model if trainable else model.merge_and_unload()
 
 
 def _wrap_lora(model: Any, r: int, alpha: int) -> Any:
@@ -181,11 +187,7 @@ class HarmDetector:
         config = DetectorConfig.from_dict(json.loads(config_file.read_text()))
         tokenizer = load_tokenizer(config.backbone)
         if (path / "adapter_config.json").is_file():
-            from peft import PeftModel
-
-            base = load_model(config.backbone, AutoModelForSequenceClassification, quiet_new_head=True, num_labels=1)
-            _prepare_backbone(base, tokenizer)
-            model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+            model = _load_adapter(path, config, tokenizer, trainable=False)
         else:
             model = load_model(str(path), AutoModelForSequenceClassification, num_labels=1)
             _prepare_backbone(model, tokenizer)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..config import data_dir
+from ..data.readers import _read_json
 from ..errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -255,10 +256,7 @@ def read_tiny_ids(root: Path) -> dict[str, set[str]]:
     qdir = mmsb_question_dir(root)
     path = _first_existing([qdir.parent / "TinyVersion_ID_List.json", qdir.parent.parent / "TinyVersion_ID_List.json",
                             qdir / "TinyVersion_ID_List.json"], "MM-SafetyBench TinyVersion_ID_List.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON ({exc.msg})") from exc
+    data = _read_json(path)
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a list of {{Scenario, Sampled_ID_List}}")
     tiny: dict[str, set[str]] = {}
@@ -302,10 +300,7 @@ def load_mm_safetybench(
         scenario = path.stem
         if wanted and not (scenario in wanted or scenario.split("-", 1)[0] in wanted):
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+        data = _read_json(path)
         if not isinstance(data, dict):
             raise DatasetError(f"{path}: expected an object keyed by question id")
         for qid in sorted(data, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k)):

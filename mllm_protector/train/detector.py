@@ -143,12 +143,6 @@ def _pair_items(pairs: Sequence[Pair], tokenizer: Any, config: DetectorConfig) -
     return [{"pair": (ids[2 * i], ids[2 * i + 1])} for i in range(len(pairs))]
 
 
-def evaluate(detector: HarmDetector, examples: Sequence[Example]) -> tuple[list[float], dict[str, Any]]:
-    """Scores and metrics (overall and per source) of a detector on labelled examples."""
-    scores = detector.score([e.response for e in examples], [e.query for e in examples])
-    return scores, scores_report(examples, scores, detector.threshold)
-
-
 def scores_report(examples: Sequence[Example], scores: Sequence[float], threshold: float) -> dict[str, Any]:
     """Metrics overall and per source for given scores at `threshold` (no model call)."""
     labels = [e.label for e in examples]
@@ -192,10 +186,7 @@ def train_detector(
         h["loss"] for h in trainer.state.log_history if "loss" in h
     ]}
     if validation:
-        scores, _ = evaluate(detector, validation)
-        benign = [e.source in BENIGN_SOURCES for e in validation]
-        config.threshold = choose_threshold([e.label for e in validation], scores, args.max_fpr, benign if any(benign) else None)
-        report["validation"] = scores_report(validation, scores, config.threshold)
+        report["validation"] = _set_threshold(detector, validation, args.max_fpr)
     config.training = {
         **({"init_from_training": _stage(saved.training)} if args.init_from else {}),
         "data": data_summary or {},
@@ -214,18 +205,24 @@ def calibrate(detector: HarmDetector, validation: Sequence[Example], max_fpr: fl
     Same rule as training: best F1 whose FPR on benign answers (or all harmless ones, if no benign
     source is present) stays ≤ `max_fpr`. Weights are untouched; returns the new validation report.
     """
-    scores, _ = evaluate(detector, validation)
-    benign = [e.source in BENIGN_SOURCES for e in validation]
-    labels = [e.label for e in validation]
     previous = detector.config.threshold
-    detector.config.threshold = choose_threshold(labels, scores, max_fpr, benign if any(benign) else None)
-    report = scores_report(validation, scores, detector.config.threshold)
+    report = _set_threshold(detector, validation, max_fpr)
     detector.config.metrics = report
     detector.config.training["calibration"] = {
         "previous_threshold": previous, "threshold": detector.config.threshold, "max_fpr": max_fpr,
-        "validation_examples": len(validation), "fpr_on": "benign sources" if any(benign) else "all harmless",
+        "validation_examples": len(validation),
+        "fpr_on": "benign sources" if any(e.source in BENIGN_SOURCES for e in validation) else "all harmless",
     }
     return report
+
+
+def _set_threshold(detector: HarmDetector, validation: Sequence[Example], max_fpr: float) -> dict[str, Any]:
+    """Score `validation` once, set the detector's threshold by the FPR rule, return metrics at it."""
+    scores = detector.score([e.response for e in validation], [e.query for e in validation])
+    benign = [e.source in BENIGN_SOURCES for e in validation]
+    labels = [e.label for e in validation]
+    detector.config.threshold = choose_threshold(labels, scores, max_fpr, benign if any(benign) else None)
+    return scores_report(validation, scores, detector.config.threshold)
 
 
 def _stage(training: dict[str, Any]) -> dict[str, Any]:
