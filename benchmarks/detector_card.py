@@ -51,6 +51,13 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _schedule(stage: dict) -> str:
+    """How long a training stage ran: its step count when capped by --max-steps, else its epochs."""
+    args = stage.get("arguments", {})
+    steps = args.get("max_steps", -1)
+    return f"{steps} steps" if steps and steps > 0 else f"{args.get('num_train_epochs', '?')} epoch(s)"
+
+
 def render(folder: Path, name: str) -> tuple[str, str]:
     """(model card, results fragment) for the detector saved in `folder`."""
     config = json.loads((folder / "detector_config.json").read_text())
@@ -71,7 +78,7 @@ def render(folder: Path, name: str) -> tuple[str, str]:
     history = "".join(
         f"\n\nContinued from an earlier stage trained by `{st.get('command', 'n/a')}` "
         f"({st.get('train_examples', '?')} answers + {st.get('train_pairs', '?')} pairs, "
-        f"{st.get('arguments', {}).get('num_train_epochs', '?')} epoch(s), lr {st.get('arguments', {}).get('learning_rate', '?')})."
+        f"{_schedule(st)}, lr {st.get('arguments', {}).get('learning_rate', '?')})."
         for st in stages
     )
     cal = training.get("calibration")
@@ -87,6 +94,13 @@ def render(folder: Path, name: str) -> tuple[str, str]:
         f"{fmt(metrics['overall']['accuracy'])}, recall {fmt(metrics['overall']['recall'])}; false-positive rate on "
         f"benign answers (vicuna80 + llava_coco + vlguard, n={n_benign}) **{fmt(fpr)}** at threshold {config['threshold']:.4f}."
     )
+    mixed = {s: m["auroc"] for s, m in metrics["by_source"].items() if 0 < m["harmful"] < m["n"]}
+    if mixed:  # the pooled AUROC also rewards telling sources apart; say how it looks inside each source
+        low, high = min(mixed, key=mixed.get), max(mixed, key=mixed.get)
+        headline += (
+            f" The pooled AUROC is helped by sources that hold only harmless answers: inside the {len(mixed)} sources "
+            f"with both labels it ranges from {fmt(mixed[low])} ({low}) to {fmt(mixed[high])} ({high})."
+        )
     card = f"""# mllm-protector harm detector: `{name}`
 
 Scores an MLLM response with P(harmful) (`sigmoid(logit)`; 1 = harmful). Backbone `{config['backbone']}`
@@ -102,9 +116,9 @@ sets and model outputs under their providers' terms (table below).
 Command: `{training.get('command', 'n/a')}`
 
 Loss: BCE (harmful examples weighted by n_harmless/n_harmful) + {args.get('pairwise_weight')} ×
-pairwise ranking term -logsigmoid(h_unsafe - h_safe); {args.get('num_train_epochs')} epoch(s),
-lr {args.get('learning_rate')}, batch {args.get('per_device_train_batch_size')}, at most
-{args.get('max_per_class') or 'all'} examples per (source, label) and pairs per source, seed {args.get('seed')}.
+pairwise ranking term -logsigmoid(h_unsafe - h_safe); {_schedule(training)},
+lr {args.get('learning_rate')}, batch {args.get('per_device_train_batch_size')},
+{f"at most {args['max_per_class']} examples per (source, label) and pairs per source" if args.get('max_per_class') else "every training example and pair"}, seed {args.get('seed')}.
 Training set: {training['train_examples']} answers + {training['train_pairs']} ranking pairs.{history}{calibration}
 
 | source (whole corpus) | harmful | harmless | pairs | license |
@@ -120,9 +134,11 @@ FigStep, the JBB judge), human for PKU-SafeRLHF; hh-rlhf only enters as chosen/r
 
 {metrics_table(metrics)}
 
-Generalisation to unseen sources is much lower than this in-distribution split (a detector trained
-without the human-labelled PKU-SafeRLHF answers scores them far worse): see `docs/RESULTS.md` (held-out
-source and backbone comparison, both at a reduced training budget).
+Generalisation to unseen sources is much lower than this in-distribution split: a detector trained
+without one source (the human-labelled PKU-SafeRLHF answers, FigStep, MM-SafetyBench) or one MM-SafetyBench
+scenario scores it far worse, and where "safe" depends on the question (legal or financial answers that
+must carry a disclaimer) a response-only detector cannot tell. See `docs/RESULTS.md` (held-out sources and
+scenarios, backbone comparison; all at a reduced training budget).
 """
     fragment = f"""## Shipped detector `{name}` — validation metrics
 

@@ -148,8 +148,9 @@ def encode_windows(
         prefix: list[int] = []
         if use_query:
             query = (queries[i] if queries is not None else None) or ""
-            prefix = tokenizer(f"Question: {query}", add_special_tokens=False)["input_ids"][:MAX_QUERY_TOKENS] + answer_ids
-        body = tokenizer(response or "", add_special_tokens=False)["input_ids"]
+            prefix = tokenizer(f"Question: {query}", add_special_tokens=False, verbose=False)["input_ids"][:MAX_QUERY_TOKENS] + answer_ids
+        # Whole texts are tokenized and windowed here, so the "longer than the model maximum" warning is noise.
+        body = tokenizer(response or "", add_special_tokens=False, verbose=False)["input_ids"]
         chunks = _windows(body, config.max_length - len(prefix) - len(head) - len(tail), config.stride)
         for chunk in chunks[:max_windows]:
             windows.append(head + prefix + chunk + tail)
@@ -197,7 +198,9 @@ class HarmDetector:
         """Write weights (LoRA adapter + head, or full model) and the JSON config into `path`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
+        # The vocabulary is never resized, so embeddings stay out of an adapter (and peft need not look them up).
+        extra = {"save_embedding_layers": False} if self.config.lora else {}
+        self.model.save_pretrained(str(path), **extra)
         self.save_config(path)
 
     def save_config(self, path: str | os.PathLike[str]) -> None:
