@@ -199,7 +199,8 @@ class HarmDetector:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         # The vocabulary is never resized, so embeddings stay out of an adapter (and peft need not look them up).
-        extra = {"save_embedding_layers": False} if self.config.lora else {}
+        # Keyed on the model itself: a LoRA detector loaded for inference is merged, a plain transformers model.
+        extra = {"save_embedding_layers": False} if hasattr(self.model, "peft_config") else {}
         self.model.save_pretrained(str(path), **extra)
         self.save_config(path)
 
