@@ -34,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mllm_protector.server.testing import LOOPBACK, free_port, wait_ready  # noqa: E402
+from tests.servers import LOOPBACK, free_port, wait_ready  # noqa: E402
 
 BENIGN = ("The image shows a golden retriever lying on a green lawn next to a red ball. The sky is clear and "
           "there is a wooden fence in the background. The dog looks relaxed and seems to be enjoying the sun.")
@@ -112,7 +112,7 @@ def serve_upstream(port: int) -> None:
     """Internal: run the scripted upstream in this process (the benchmark starts it as a subprocess)."""
     import uvicorn
 
-    from mllm_protector.server.testing import scripted_upstream
+    from tests.servers import scripted_upstream
 
     uvicorn.run(scripted_upstream({"benign": BENIGN, "harmful": HARMFUL}), host=LOOPBACK, port=port, log_level="warning")
 

@@ -109,7 +109,9 @@ def protect(
         records = [line.record for line in chunk]
         verdicts = guard.protect_batch([r.get("query") for r in records], [r["response"] for r in records],
                                        [r.get("category") for r in records])
-        return [{**r, "text": v.text, "action": v.action, "score": v.score, "harmful": v.harmful, "rounds": v.rounds}
+        return [{**r, "text": v.text, "action": v.action, "score": v.score, "harmful": v.harmful, "rounds": v.rounds,
+                 **({"category": v.category} if v.category is not None else {}),
+                 **({"error": v.error} if v.error else {})}
                 for r, v in zip(records, verdicts)]
 
     _run_jsonl(input, output, resume, ("response",), batch_size, _check_image, process, "protecting")
@@ -142,19 +144,9 @@ def score(
 def _build_protector(detector: str, detoxifier: str, detox_model: str, max_rounds: int, threshold: Optional[float]):
     """Protector from CLI options (imports here keep `--help` fast)."""
     from .config import ProtectorSettings
-    from .detector import HarmDetector
-    from .detoxifier import LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
-    from .protector import Protector
+    from .protector import build_protector
 
-    if detoxifier == "lm":
-        detox = LMDetoxifier(detox_model)
-    elif detoxifier == "refusal":
-        detox = RefusalDetoxifier()
-    elif detoxifier.startswith(("http://", "https://")):
-        detox = OpenAIDetoxifier(detoxifier, detox_model)
-    else:
-        raise ProtectorError(f"unknown --detoxifier '{detoxifier}': use lm, refusal or an http(s) base URL")
-    return Protector(HarmDetector.from_pretrained(detector), detox, ProtectorSettings(max_rounds=max_rounds, threshold=threshold))
+    return build_protector(detector, detoxifier, detox_model, ProtectorSettings(max_rounds=max_rounds, threshold=threshold))
 
 
 @app.command()

@@ -49,3 +49,7 @@ class ProtectorSettings:
     max_rounds: int = 2
     threshold: float | None = None  # None: use the detector's calibrated threshold
     refusal: str = DEFAULT_REFUSAL
+    fail_mode: str = "closed"  # detector failure: "closed" → the refusal, "open" → the text unchecked
+    window_threshold: float | None = None  # a stream window on its own; None: the calibrated default
+    context_threshold: float | None = None  # a stream window after the answer so far; None: calibrated default
+    context_chars: int = 500  # how much of the answer so far a stream window is judged after

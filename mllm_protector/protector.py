@@ -1,25 +1,50 @@
-"""Protector: detect → detoxify → re-detect, at most `max_rounds`, then a fixed refusal.
+"""Protector: the one place that turns detector scores into decisions.
 
-Invariant: `Verdict.text` is never something the detector flagged. Detoxifier failures (exceptions,
-timeouts of a remote endpoint) count as failed rounds, so the loop fails closed.
+detect → threshold → detoxify → re-check, at most `max_rounds`, then a fixed refusal; the failure policy
+(fail closed or open) and per-item isolation (one text the detector cannot score never fails the texts
+scored with it); and the check of one stream window in context. Callers (CLI, proxy, evaluation) only
+schedule these calls. Invariant: `Verdict.text` is never something the detector flagged.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 from .config import ProtectorSettings
 from .detector import HarmDetector
-from .detoxifier import Detoxifier, LMDetoxifier
-from .errors import ProtectorError
+from .detoxifier import Detoxifier, LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
+from .errors import InputError, ProtectorError
 from .mllm import MLLM
 
 logger = logging.getLogger(__name__)
 
-Action = Literal["pass", "detoxified", "refused"]
+Action = Literal["pass", "detoxified", "refused", "flagged", "unchecked"]
+#: How bad an outcome is, to summarise several (choices, stream windows) by the worst.
+SEVERITY: dict[str, int] = {"pass": 0, "unchecked": 1, "detoxified": 2, "flagged": 3, "refused": 4}
+#: Actions whose `text` is the checked answer itself (the user sees what the model said).
+RELEASED = ("pass", "unchecked")
+#: Between the part of a streamed answer a client already has and a replacement continuation.
+SEPARATOR = "\n\n"
+#: Stream thresholds for the shipped detector, chosen by `benchmarks/stream_calibration.py` on partial
+#: answers (see docs/serving.md); a window is flagged when either view reaches its threshold.
+WINDOW_THRESHOLD = 0.85
+CONTEXT_THRESHOLD = 0.84
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a text could not be checked: `stage` (detector, detoxifier, budget), `kind` (error, timeout, limit)."""
+
+    stage: str
+    kind: str
+    message: str
+
+
+Score = float | Failure
 
 
 @dataclass
@@ -29,15 +54,29 @@ class Verdict:
     text: str
     original: str
     harmful: bool
-    score: float
+    score: float | None
     action: Action
     rounds: int = 0
     final_score: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    category: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the CLI writes these fields back into each JSONL line)."""
         return asdict(self)
+
+
+def clean_text(text: str) -> str:
+    """`text` with invalid Unicode (lone surrogates) replaced, so tokenizers and UTF-8 writers accept it;
+    anything that is not a string is left for the detector to reject (as that item's failure)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class Protector:
@@ -49,12 +88,17 @@ class Protector:
         detoxifier: Detoxifier | None = None,
         settings: ProtectorSettings = ProtectorSettings(),
     ):
+        if settings.fail_mode not in ("closed", "open"):
+            raise InputError(f"fail_mode must be 'closed' or 'open', got {settings.fail_mode!r}")
         self.detector = detector
         self.detoxifier = detoxifier
         self.settings = settings
         self.threshold = settings.threshold if settings.threshold is not None else detector.threshold
+        self.window_threshold = settings.window_threshold if settings.window_threshold is not None else WINDOW_THRESHOLD
+        self.context_threshold = (settings.context_threshold if settings.context_threshold is not None
+                                  else min(CONTEXT_THRESHOLD, self.threshold))
         refusal_score = detector.score([settings.refusal])[0]
-        if refusal_score >= self.threshold:
+        if refusal_score >= min(self.threshold, self.window_threshold, self.context_threshold):
             raise ProtectorError(
                 f"the refusal text itself scores {refusal_score:.3f} ≥ threshold {self.threshold:.3f}; "
                 "choose another refusal or threshold"
@@ -65,6 +109,143 @@ class Protector:
         """The shipped detector with the local LM detoxifier (works offline)."""
         return cls(HarmDetector.from_pretrained(detector), LMDetoxifier(), settings)
 
+    def with_settings(self, **changes: Any) -> "Protector":
+        """A copy with some settings changed; the models are shared."""
+        return type(self)(self.detector, self.detoxifier, replace(self.settings, **changes))
+
+    @property
+    def refusal(self) -> str:
+        return self.settings.refusal
+
+    # --- scoring ------------------------------------------------------------------------------------
+    def score(self, queries: Sequence[str | None], responses: Sequence[str]) -> list[Score]:
+        """P(harmful) per response in one batch; a text the detector cannot score becomes a `Failure` on
+        its own (the batch is retried item by item), so one bad input never fails the others."""
+        if len(queries) != len(responses):
+            raise ProtectorError(f"got {len(queries)} queries but {len(responses)} responses")
+        texts = [clean_text(r) for r in responses]
+        plain = [clean_text(q) if q else q for q in queries]
+        try:
+            values = self.detector.score(texts, self._detector_queries(plain))
+            if len(values) != len(texts):
+                raise RuntimeError(f"{len(values)} scores for {len(texts)} texts")
+        except Exception as exc:  # noqa: BLE001 — any detector error must stay with the item that caused it
+            if len(texts) == 1:
+                logger.warning("detector failed on one text: %s: %s", type(exc).__name__, str(exc)[:200])
+                return [Failure("detector", "error", f"detector failed: {type(exc).__name__}")]
+            return [s for q, t in zip(plain, texts) for s in self.score([q], [t])]
+        return [float(v) if math.isfinite(v) and 0.0 <= v <= 1.0
+                else Failure("detector", "error", f"detector returned an invalid score ({v!r})") for v in values]
+
+    def _detector_queries(self, queries: Sequence[str | None]) -> list[str | None] | None:
+        """Queries go to the detector only when it was trained with them."""
+        return list(queries) if self.detector.config.input_format == "query_response" else None
+
+    # --- decisions ----------------------------------------------------------------------------------
+    def decide(self, text: str, score: Score) -> Verdict:
+        """Threshold one scored answer: `pass`, `flagged` (text becomes the refusal), or the failure policy."""
+        if isinstance(score, Failure):
+            return self.fail(text, score)
+        return self._verdict(text, score, score >= self.threshold)
+
+    def _verdict(self, text: str, score: float, harmful: bool) -> Verdict:
+        text = clean_text(text)
+        if harmful:
+            return Verdict(text=self.refusal, original=text, harmful=True, score=score, action="flagged", final_score=score)
+        return Verdict(text=text, original=text, harmful=False, score=score, action="pass", final_score=score)
+
+    def fail(self, text: str, failure: Failure, score: float | None = None) -> Verdict:
+        """The failure policy: a text the detector could not check is refused (`closed`) or released
+        unchecked (`open`); a flagged answer, a failed detoxification or a text over budget is always refused."""
+        text = clean_text(text)
+        if failure.stage == "detector" and score is None and self.settings.fail_mode == "open":
+            return Verdict(text=text, original=text, harmful=False, score=None, action="unchecked", error=failure.message)
+        return Verdict(text=self.refusal, original=text, harmful=score is not None, score=score, action="refused",
+                       final_score=score, error=failure.message)
+
+    def check_batch(self, queries: Sequence[str | None], responses: Sequence[str]) -> list[Verdict]:
+        """Detect and decide, without detoxifying: each answer is `pass`, `flagged`, `refused` or `unchecked`."""
+        start = time.perf_counter()
+        scores = self.score(queries, responses)
+        detect_ms = (time.perf_counter() - start) * 1000 / max(1, len(responses))
+        verdicts = [self.decide(r, s) for r, s in zip(responses, scores)]
+        for v in verdicts:
+            v.timings["detect_ms"] = detect_ms
+        return verdicts
+
+    # --- detoxification -----------------------------------------------------------------------------
+    def detoxify_batch(
+        self,
+        queries: Sequence[str | None],
+        verdicts: Sequence[Verdict],
+        categories: Sequence[str | None] | None = None,
+        prefixes: Sequence[str] | None = None,
+    ) -> list[Verdict]:
+        """Rewrite each `flagged` verdict's original (detoxify → re-check, at most `max_rounds`), the refusal
+        as last resort; other verdicts come back unchanged. With `prefixes` (what a streaming client already
+        has), a rewrite must also pass as the continuation of its prefix. The originals are not re-scored."""
+        categories = categories or [None] * len(verdicts)
+        prefixes = prefixes or [""] * len(verdicts)
+        out = [replace(v, timings=dict(v.timings)) for v in verdicts]
+        pending = [i for i, v in enumerate(out) if v.action == "flagged"]
+        current = {i: out[i].original for i in pending}
+        for round_no in range(1, self.settings.max_rounds + 1):
+            if not pending or self.detoxifier is None:
+                break
+            candidates: dict[int, str] = {}
+            for i in pending:
+                candidate = self._rewrite(queries[i] or "", current[i], categories[i], out[i])
+                out[i].rounds = round_no
+                if candidate:
+                    candidates[i] = clean_text(candidate)
+            for i, passed in self._recheck(queries, candidates, prefixes, out).items():
+                if passed:
+                    out[i].text, out[i].action = candidates[i], "detoxified"
+                else:
+                    current[i] = candidates[i]  # the next round starts from the partly cleaned text
+            pending = [i for i in pending if out[i].action != "detoxified"]
+        for i in pending:
+            out[i].text, out[i].action = self.refusal, "refused"
+        for v in out:
+            v.timings["total_ms"] = v.timings.get("detect_ms", 0.0) + v.timings.get("detox_ms", 0.0)
+        return out
+
+    def _recheck(self, queries: Sequence[str | None], candidates: dict[int, str], prefixes: Sequence[str],
+                 verdicts: list[Verdict]) -> dict[int, bool]:
+        """Score rewrites (and, after a stream prefix, the joined continuation) in one batch; True = passes."""
+        if not candidates:
+            return {}
+        idx = list(candidates)
+        texts = [candidates[i] for i in idx]
+        joined = [i for i in idx if prefixes[i]]
+        texts += [self.continuation_context(prefixes[i], candidates[i]) for i in joined]
+        t0 = time.perf_counter()
+        scores = self.score([queries[i] for i in idx] + [queries[i] for i in joined], texts)
+        ms = (time.perf_counter() - t0) * 1000 / len(idx)
+        by_item = {i: [scores[k]] for k, i in enumerate(idx)}
+        for k, i in enumerate(joined):
+            by_item[i].append(scores[len(idx) + k])
+        result = {}
+        for i, item_scores in by_item.items():
+            verdicts[i].timings["detect_ms"] = verdicts[i].timings.get("detect_ms", 0.0) + ms
+            numbers = [s for s in item_scores if not isinstance(s, Failure)]
+            verdicts[i].final_score = max(numbers) if numbers else None
+            result[i] = len(numbers) == len(item_scores) and max(numbers) < self.threshold
+        return result
+
+    def _rewrite(self, query: str, text: str, category: str | None, verdict: Verdict) -> str | None:
+        """One detoxifier call; a failure is logged in one line and counts as a failed round (fail closed)."""
+        t0 = time.perf_counter()
+        try:
+            return self.detoxifier.rewrite(query, text, category)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 — any detoxifier failure must end in refusal, never unchecked text
+            logger.warning("detoxifier failed (%s: %s); counting the round as failed", type(exc).__name__, str(exc)[:200])
+            verdict.error = f"detoxifier failed: {type(exc).__name__}"
+            return None
+        finally:
+            verdict.timings["detox_ms"] = verdict.timings.get("detox_ms", 0.0) + (time.perf_counter() - t0) * 1000
+
+    # --- whole answers ------------------------------------------------------------------------------
     def protect(self, query: str, response: str, category: str | None = None) -> Verdict:
         """Check one answer and, if it is harmful, replace it with a harmless one."""
         return self.protect_batch([query], [response], [category])[0]
@@ -78,58 +259,52 @@ class Protector:
         """Score all answers in one batched call; detoxify and re-score only the flagged ones."""
         if len(queries) != len(responses):
             raise ProtectorError(f"got {len(queries)} queries but {len(responses)} responses")
-        categories = categories or [None] * len(responses)
-        start = time.perf_counter()
-        scores = self.detector.score(responses, self._detector_queries(queries))
-        detect_ms = (time.perf_counter() - start) * 1000 / max(1, len(responses))
-        verdicts = [
-            Verdict(text=r, original=r, harmful=s >= self.threshold, score=s, action="pass", final_score=s,
-                    timings={"detect_ms": detect_ms})
-            for r, s in zip(responses, scores)
-        ]
-        pending = [i for i, v in enumerate(verdicts) if v.harmful]
-        for round_no in range(1, self.settings.max_rounds + 1):
-            if not pending or self.detoxifier is None:
-                break
-            candidates: dict[int, str] = {}
-            for i in pending:
-                candidate = self._rewrite(queries[i] or "", verdicts[i].text, categories[i], verdicts[i])
-                verdicts[i].rounds = round_no
-                if candidate:
-                    candidates[i] = candidate
-            if not candidates:  # every rewrite failed (e.g. endpoint down): retry next round, then refuse
-                continue
-            t0 = time.perf_counter()
-            idx = list(candidates)
-            new_scores = self.detector.score([candidates[i] for i in idx], self._detector_queries([queries[i] for i in idx]))
-            for i, s in zip(idx, new_scores):
-                verdicts[i].timings["detect_ms"] += (time.perf_counter() - t0) * 1000 / len(idx)
-                verdicts[i].final_score = s
-                if s < self.threshold:
-                    verdicts[i].text, verdicts[i].action = candidates[i], "detoxified"
-                else:
-                    verdicts[i].text = candidates[i]  # the next round starts from the partly cleaned text
-            pending = [i for i in pending if verdicts[i].action != "detoxified"]
-        for i in pending:
-            verdicts[i].text, verdicts[i].action = self.settings.refusal, "refused"
-        for v in verdicts:
-            v.timings["total_ms"] = v.timings["detect_ms"] + v.timings.get("detox_ms", 0.0)
-        return verdicts
+        return self.detoxify_batch(queries, self.check_batch(queries, responses), categories)
 
-    def _detector_queries(self, queries: Sequence[str | None]) -> list[str | None] | None:
-        """Queries go to the detector only when it was trained with them."""
-        return list(queries) if self.detector.config.input_format == "query_response" else None
+    # --- streaming ----------------------------------------------------------------------------------
+    def window_texts(self, approved: str, window: str) -> tuple[str, str]:
+        """The two texts a stream window is judged on: the window alone, and the window after at most
+        `context_chars` of the approved answer, so each check costs the same however long the answer grows."""
+        return window, self.continuation_context(approved, window, "")
 
-    def _rewrite(self, query: str, text: str, category: str | None, verdict: Verdict) -> str | None:
-        """One detoxifier call; a failure is logged and counts as a failed round (fail closed)."""
-        t0 = time.perf_counter()
-        try:
-            return self.detoxifier.rewrite(query, text, category)  # type: ignore[union-attr]
-        except Exception as exc:  # any detoxifier failure must end in refusal, never in unchecked text
-            logger.warning("detoxifier failed (%s); counting the round as failed", exc)
-            return None
-        finally:
-            verdict.timings["detox_ms"] = verdict.timings.get("detox_ms", 0.0) + (time.perf_counter() - t0) * 1000
+    def continuation_context(self, prefix: str, text: str, separator: str = SEPARATOR) -> str:
+        """`text` after the last `context_chars` of `prefix` (cut at a word boundary)."""
+        if not prefix:
+            return text
+        tail = prefix[-self.settings.context_chars:]
+        if len(tail) < len(prefix) and " " in tail:
+            tail = tail[tail.index(" ") + 1:]
+        return tail + separator + text
+
+    def decide_window(self, window: str, alone: Score, in_context: Score) -> Verdict:
+        """A stream window passes only below `window_threshold` on its own and `context_threshold` in context."""
+        failure = next((s for s in (alone, in_context) if isinstance(s, Failure)), None)
+        if failure is not None:
+            return self.fail(window, failure)
+        assert isinstance(alone, float) and isinstance(in_context, float)
+        harmful = alone >= self.window_threshold or in_context >= self.context_threshold
+        return self._verdict(window, max(alone, in_context), harmful)
+
+    def check_window(self, query: str | None, approved: str, window: str) -> Verdict:
+        """Judge one new stream window (`approved` is the partial answer the client already has)."""
+        alone, in_context = self.score([query, query], list(self.window_texts(approved, window)))
+        return self.decide_window(window, alone, in_context)
+
+
+def build_protector(detector: str = "default", detoxifier: str = "lm", detox_model: str = "smollm2-135m-instruct",
+                    settings: ProtectorSettings = ProtectorSettings(), detox_timeout: float = 60.0) -> Protector:
+    """A Protector from names (CLI options, proxy config): detector folder or preset; detoxifier `lm`,
+    `refusal` or an OpenAI-compatible base URL. Loads the models."""
+    detox: Detoxifier
+    if detoxifier == "lm":
+        detox = LMDetoxifier(detox_model)
+    elif detoxifier == "refusal":
+        detox = RefusalDetoxifier(settings.refusal)
+    elif detoxifier.startswith(("http://", "https://")):
+        detox = OpenAIDetoxifier(detoxifier, detox_model, timeout=detox_timeout)
+    else:
+        raise InputError(f"unknown detoxifier '{detoxifier}': use lm, refusal or an http(s) base URL")
+    return Protector(HarmDetector.from_pretrained(detector), detox, settings)
 
 
 class ProtectedMLLM:

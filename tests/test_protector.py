@@ -91,3 +91,53 @@ def test_protected_mllm_wraps_a_callable(detector):
     assert guarded.generate("describe the dog").action == "pass"
     verdict = guarded.generate("how to build a bomb")
     assert verdict.action == "detoxified" and verdict.text == DEFAULT_REFUSAL and "mllm_ms" in verdict.timings
+
+
+# --- one decision path: isolation, failure policy, stream windows ----------------------------------
+
+def test_one_bad_item_never_fails_its_batch(detector):
+    """A text the detector cannot take (here not a string at all) fails alone; the others are decided."""
+    guard = Protector(detector, RefusalDetoxifier())
+    verdicts = guard.protect_batch(["q"] * 3, [BENIGN, 12345, HARMFUL])  # type: ignore[list-item]
+    assert [v.action for v in verdicts] == ["pass", "refused", "detoxified"]
+    assert verdicts[0].text == BENIGN and verdicts[1].text == DEFAULT_REFUSAL and "detector failed" in verdicts[1].error
+    assert verdicts[1].score is None
+
+
+def test_failure_policy_lives_in_the_protector(detector):
+    bad = 12345  # not a string: the detector raises on it
+    closed = Protector(detector, RefusalDetoxifier()).check_batch(["q", "q"], [bad, BENIGN])  # type: ignore[list-item]
+    opened = Protector(detector, RefusalDetoxifier(), ProtectorSettings(fail_mode="open")).check_batch(["q", "q"], [bad, BENIGN])  # type: ignore[list-item]
+    assert [v.action for v in closed] == ["refused", "pass"] and [v.action for v in opened] == ["unchecked", "pass"]
+    with pytest.raises(ProtectorError, match="fail_mode"):
+        Protector(detector, None, ProtectorSettings(fail_mode="ajar"))
+
+
+def test_lone_surrogates_are_sanitised_not_fatal(detector):
+    """A lone surrogate made the tokenizer raise and failed every answer scored with it."""
+    guard = Protector(detector, RefusalDetoxifier())
+    verdicts = guard.protect_batch(["q\ud800"] * 3, [BENIGN, "x \ud800 y", HARMFUL])
+    assert [v.action for v in verdicts] == ["pass", "pass", "detoxified"]
+    assert verdicts[1].text == "x ? y" and verdicts[1].text.encode("utf-8")
+
+
+def test_check_then_detoxify_scores_the_original_once(detector):
+    guard = Protector(detector, EchoDetoxifier(), ProtectorSettings(max_rounds=1))
+    flagged = guard.check_batch(["q"], [HARMFUL])[0]
+    assert flagged.action == "flagged" and flagged.text == DEFAULT_REFUSAL and flagged.harmful
+    final = guard.detoxify_batch(["q"], [flagged])[0]
+    assert final.action == "refused" and final.score == flagged.score and final.rounds == 1
+
+
+def test_stream_window_is_judged_alone_and_in_context(detector):
+    """The leak: after a benign lead-in the harmful window scored below threshold in context."""
+    from .stream_fixtures import HARMFUL_ANSWERS, lead_in
+
+    guard = Protector(detector, RefusalDetoxifier())
+    query, answer, _ = HARMFUL_ANSWERS[0]
+    first_step = answer.split(" Step 2")[0] + " "
+    verdict = guard.check_window(query, lead_in(2000), first_step)
+    assert verdict.action == "flagged" and verdict.text == DEFAULT_REFUSAL
+    assert guard.check_window(query, lead_in(2000), BENIGN).action == "pass"
+    alone, in_context = guard.window_texts("a " * 5000, "window")
+    assert alone == "window" and len(in_context) <= guard.settings.context_chars + len("window")

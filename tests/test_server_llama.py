@@ -17,7 +17,7 @@ import pytest
 from mllm_protector import LMDetoxifier, Protector, ProtectorSettings, RefusalDetoxifier
 from mllm_protector.server.app import create_app
 from mllm_protector.server.config import load_config
-from mllm_protector.server.testing import (
+from .servers import (
     LlamaServer,
     ServerThread,
     free_port,

@@ -17,7 +17,7 @@ from schemathesis.generation import GenerationMode
 from mllm_protector import Protector, ProtectorSettings, RefusalDetoxifier
 from mllm_protector.server.app import create_app
 from mllm_protector.server.config import load_config
-from mllm_protector.server.testing import ServerThread, scripted_upstream
+from .servers import ServerThread, scripted_upstream
 
 from .conftest import BENIGN, HARMFUL
 

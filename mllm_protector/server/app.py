@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -30,10 +31,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError, ProtectorError
-from ..protector import Protector
+from ..protector import RELEASED, SEVERITY, Protector, Verdict, clean_text
+from .answers import choice_text, clean, content_text, replace_choice
 from .audit import AuditLog
 from .config import ProxyConfig
-from .guard import SEVERITY, AsyncGuard, Outcome, build_protector
+from .guard import AsyncGuard, protector_from_config, verdict_info
 from .metrics import Metrics
 from .schemas import (
     ChatCompletionRequest,
@@ -53,6 +55,8 @@ logger = logging.getLogger(__name__)
 PASS_THROUGH_STATUS = {400, 404, 409, 413, 422, 429}
 ENDPOINTS = ("/v1/chat/completions", "/v1/models", "/v1/guard", "/health", "/metrics")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+#: Query parameters that may carry a key (clients sometimes send ?api_key=); masked before access logging.
+_SECRET_PARAM = re.compile(rb"(?i)((?:^|(?<=&))(?:api[_-]?key|key|token|access[_-]?token|auth\w*))=[^&]*")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in ((400, "Malformed JSON, wrong schema or bad image data"), (401, "Missing or invalid API key"),
@@ -107,6 +111,8 @@ class RequestContext:
         incoming = headers.get("x-request-id", "")
         rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:20]
         scope.setdefault("state", {})["request_id"] = rid
+        if scope.get("query_string"):  # the server's access log prints this scope's query string
+            scope["query_string"] = _SECRET_PARAM.sub(rb"\1=***", scope["query_string"])
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
         status = {"code": 500}
 
@@ -132,7 +138,7 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
     metrics = Metrics()
     state = ProxyState(config=config, metrics=metrics)
     if protector is not None:
-        state.guard = AsyncGuard(protector, config.guard, metrics)
+        state.guard = AsyncGuard(protector, config.guard, metrics, config.stream)
     if config.server.audit_log:
         state.audit = AuditLog(config.server.audit_log, config.server.audit_include_text)
 
@@ -169,20 +175,30 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
     _install_openapi(app)
 
     # --- shared steps -------------------------------------------------------------------------
+    def bearer(request: Request) -> str:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+
+    def known(token: str) -> bool:
+        return any(hmac.compare_digest(token.encode(), k.encode()) for k in config.server.api_keys)
+
     def authenticate(request: Request, public: bool = False) -> str:
         """Key identity for limits and audit; 401 when a key is required and missing or wrong."""
         if public or not config.auth_required:
             return "client:" + (request.client.host if request.client else "unknown")
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer(request)
+        if not token:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "authentication_error",
                            "missing_api_key", headers={"WWW-Authenticate": "Bearer"})
-        token = token.strip()
-        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in config.server.api_keys):
+        if not known(token):
             raise ApiError(401, "invalid API key", "authentication_error", "invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
         return "key:" + hashlib.sha256(token.encode()).hexdigest()[:10]
+
+    def has_valid_key(request: Request) -> bool:
+        """True when the request carries one of the configured keys (health details are only for them)."""
+        token = bearer(request)
+        return bool(token) and known(token)
 
     def acquire(key_id: str) -> Callable[[], None]:
         """Take one of the key's concurrency slots (429 when none is free); returns an idempotent release."""
@@ -235,13 +251,7 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
                            code="request_timeout") from None
         if not body.strip():
             raise ApiError(400, "request body is empty: send a JSON object", code="invalid_json")
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
-        return data
+        return parse_json(bytes(body))
 
     def upstream_headers(rid: str) -> dict[str, str]:
         # No request id upstream: some servers (llama-cpp-python) reject x-request-id values that are not UUIDs.
@@ -250,6 +260,11 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
             headers["Authorization"] = f"Bearer {config.upstream.api_key}"
         return headers
 
+    def redact(text: str) -> str:
+        """Upstream text with the upstream key removed (an upstream may echo its Authorization header)."""
+        key = config.upstream.api_key
+        return text.replace(key, "***") if key else text
+
     def audit(record: dict[str, Any]) -> None:
         if state.audit is not None:
             try:
@@ -257,7 +272,7 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
             except OSError:
                 logger.exception("audit log write failed")
 
-    def count(outcome: Outcome, mode: str) -> None:
+    def count(outcome: Verdict, mode: str) -> None:
         metrics.verdicts.labels(outcome.action, mode).inc()
 
     # --- endpoints ----------------------------------------------------------------------------
@@ -280,7 +295,7 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
             payload = dict(body)
             payload["model"] = config.upstream.model_map.get(req.model, req.model)
             query = detector_query(req, config.guard.query)
-            ctx = _Ctx(rid=rid, key_id=key_id, model=req.model, query=query, t0=time.perf_counter())
+            ctx = _Ctx(rid=rid, key_id=key_id, model=req.model, query=query, t0=time.perf_counter(), redact=redact)
             if req.stream:
                 response = await _stream(state, guard, payload, ctx, upstream_headers(rid), audit, count, release)
                 streaming = True
@@ -298,15 +313,16 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
         try:
             reply = await state.client.get(url, headers=upstream_headers(request.state.request_id))
         except httpx.HTTPError as exc:
-            raise _upstream_exception(exc, metrics, url) from None
+            raise _upstream_exception(exc, metrics, request.state.request_id) from None
         if reply.status_code >= 400:
-            raise _upstream_status(reply, metrics)
+            raise _upstream_status(reply, metrics, request.state.request_id, redact)
         try:
             data = reply.json()
             models = list(data["data"])
         except (ValueError, KeyError, TypeError):
             metrics.upstream_errors.labels("protocol").inc()
-            raise ApiError(502, f"upstream {url} returned no model list", "upstream_error", "upstream_protocol") from None
+            raise ApiError(502, f"the upstream model server returned no model list (request {request.state.request_id})",
+                           "upstream_error", "upstream_protocol") from None
         known = {m.get("id") for m in models if isinstance(m, dict)}
         for alias, target in config.upstream.model_map.items():
             if alias not in known:
@@ -323,21 +339,25 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
         try:
             guard = ready_guard()
             req = _validate(GuardRequest, await read_json(request))
+            size, budget = len(req.response) + len(req.query or ""), config.guard.max_request_chars
+            if size > budget:
+                raise ApiError(413, f"response and query have {size} characters, more than the per-request detector "
+                               f"budget of {budget}; split the text and check the parts", code="detector_budget_exceeded")
             outcome = await guard.protect(req.query, req.response, req.category, req.detoxify)
         finally:
             release()
         count(outcome, "guard")
         metrics.guard_seconds.labels("guard").observe(time.perf_counter() - t0)
-        audit({"request_id": rid, "endpoint": "/v1/guard", "key": key_id, "status": 200, **outcome.info(),
+        audit({"request_id": rid, "endpoint": "/v1/guard", "key": key_id, "status": 200, **verdict_info(outcome),
                "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
                "query": req.query, "original": req.response, "text": outcome.text})
         result = GuardResponse(id=f"guard-{rid}", text=outcome.text, harmful=outcome.harmful, score=outcome.score,
                                final_score=outcome.final_score, threshold=guard.threshold, action=outcome.action,  # type: ignore[arg-type]
                                rounds=outcome.rounds, timings={k: round(v, 2) for k, v in outcome.timings.items()},
-                               error=outcome.error)
+                               error=outcome.error, category=outcome.category)
         return JSONResponse(result.model_dump())
 
-    @app.get("/health", summary="Ready when the guard models are loaded and the upstream answers")
+    @app.get("/health", summary="Ready when the guard models are loaded and the upstream answers; details only with a key")
     async def health(request: Request) -> Response:
         authenticate(request, public=config.server.public_health)
         now = time.monotonic()
@@ -347,10 +367,11 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
             state.health_cache = (now, upstream)
         guard_status = "ready" if state.guard is not None else ("error" if state.load_error else "loading")
         ok = guard_status == "ready" and upstream["ok"]
-        body = {"status": "ok" if ok else "unavailable", "guard": guard_status, "upstream": upstream,
-                "threshold": state.guard.threshold if state.guard else None, "fail_mode": config.guard.fail_mode}
-        if state.load_error:
-            body["error"] = state.load_error
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable"}
+        if has_valid_key(request):
+            body.update(guard=guard_status, upstream=upstream)
+            if state.load_error:
+                body["error"] = state.load_error
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -370,7 +391,44 @@ class _Ctx:
     model: str
     query: str
     t0: float
+    redact: Callable[[str], str]
     category: Optional[str] = None
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """A JSON object from a request body; 400 for malformed JSON, nesting deeper than Python can parse,
+    non-finite numbers (NaN, Infinity, 1e999) and invalid Unicode (lone surrogates)."""
+    try:
+        data = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    stack: list[Any] = [data]
+    while stack:  # iterative: the depth json.loads accepted must not overflow here either
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and clean_text(value) != value:
+            raise ApiError(400, "request body contains invalid Unicode (a lone surrogate escape such as \\ud800)",
+                           code="invalid_json")
+    return data
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
@@ -391,36 +449,31 @@ def _check_images_or_400(req: ChatCompletionRequest, config: ProxyConfig) -> Non
         raise ApiError(400, str(exc), code="invalid_image") from None
 
 
-def _upstream_exception(exc: httpx.HTTPError, metrics: Metrics, url: str) -> ApiError:
-    """Map a transport failure to 502/503/504 with what happened."""
+def _upstream_exception(exc: httpx.HTTPError, metrics: Metrics, rid: str) -> ApiError:
+    """Map a transport failure to 502/503/504; the message names neither the upstream URL nor the error text."""
+    logger.warning("upstream request %s failed: %s", rid, type(exc).__name__)
     if isinstance(exc, httpx.PoolTimeout):
         metrics.upstream_errors.labels("pool").inc()
         return ApiError(503, "the proxy is at its upstream connection limit; retry shortly", "server_error",
                         "upstream_pool_exhausted", headers={"Retry-After": "1"})
     if isinstance(exc, httpx.TimeoutException):
         metrics.upstream_errors.labels("timeout").inc()
-        return ApiError(504, f"upstream {url} timed out ({type(exc).__name__})", "upstream_error", "upstream_timeout")
+        return ApiError(504, f"the upstream model server timed out (request {rid})", "upstream_error", "upstream_timeout")
     metrics.upstream_errors.labels("unreachable").inc()
-    return ApiError(502, f"upstream {url} is unreachable ({type(exc).__name__}: {exc})"[:300], "upstream_error",
+    return ApiError(502, f"the upstream model server is unreachable (request {rid})", "upstream_error",
                     "upstream_unreachable")
 
 
-def _upstream_status(reply: httpx.Response, metrics: Metrics) -> ApiError:
-    """Client errors the upstream reports pass through; anything else is a 502 (the operator's problem)."""
-    message = reply.text[:300] or "(empty body)"
-    try:
-        body = reply.json()
-        err = body.get("error") or body.get("detail")
-        if err:
-            message = str(err.get("message") or err) if isinstance(err, dict) else str(err)
-    except (ValueError, AttributeError):
-        pass
-    message = message[:300]
+def _upstream_status(reply: httpx.Response, metrics: Metrics, rid: str, redact: Callable[[str], str]) -> ApiError:
+    """An upstream error answer: its body goes to the log (upstream key removed), never to the client.
+    Client errors keep their status; anything else is a 502 (the operator's problem)."""
+    logger.warning("upstream answered HTTP %d to request %s: %s", reply.status_code, rid, redact(reply.text[:300]))
     if reply.status_code in PASS_THROUGH_STATUS:
-        return ApiError(reply.status_code, f"upstream rejected the request: {message}", "invalid_request_error",
-                        "upstream_rejected")
+        return ApiError(reply.status_code, f"the upstream model server rejected the request (HTTP {reply.status_code}, "
+                        f"request {rid}); check the request parameters", "invalid_request_error", "upstream_rejected")
     metrics.upstream_errors.labels("status").inc()
-    return ApiError(502, f"upstream answered HTTP {reply.status_code}: {message}", "upstream_error", "upstream_status")
+    return ApiError(502, f"the upstream model server failed (HTTP {reply.status_code}, request {rid})", "upstream_error",
+                    "upstream_status")
 
 
 async def _probe_upstream(state: ProxyState) -> dict[str, Any]:
@@ -429,14 +482,14 @@ async def _probe_upstream(state: ProxyState) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {state.config.upstream.api_key}"} if state.config.upstream.api_key else {}
     try:
         reply = await state.client.get(url, headers=headers, timeout=3.0)
-        return {"url": state.config.upstream.url, "ok": reply.status_code < 400, "status": reply.status_code}
+        return {"ok": reply.status_code < 400, "status": reply.status_code}
     except httpx.HTTPError as exc:
-        return {"url": state.config.upstream.url, "ok": False, "error": type(exc).__name__}
+        return {"ok": False, "error": type(exc).__name__}
 
 
 async def _load_guard(state: ProxyState) -> None:
     try:
-        protector = await asyncio.to_thread(build_protector, state.config.guard)
+        protector = await asyncio.to_thread(protector_from_config, state.config.guard, state.config.stream)
     except ProtectorError as exc:
         state.load_error = str(exc)
         logger.error("guard models failed to load: %s", exc)
@@ -445,14 +498,14 @@ async def _load_guard(state: ProxyState) -> None:
         state.load_error = f"{type(exc).__name__}: {exc}"
         logger.exception("guard models failed to load")
         return
-    state.guard = AsyncGuard(protector, state.config.guard, state.metrics)
+    state.guard = AsyncGuard(protector, state.config.guard, state.metrics, state.config.stream)
     state.guard.start()
     logger.info("guard models loaded (threshold %.3f)", state.guard.threshold)
 
 
-def _aggregate(outcomes: list[Outcome]) -> dict[str, Any]:
+def _aggregate(outcomes: list[Verdict]) -> dict[str, Any]:
     worst = max(outcomes, key=lambda o: SEVERITY[o.action])
-    info = worst.info()
+    info = verdict_info(worst)
     scores = [o.score for o in outcomes if o.score is not None]
     info["score"] = round(max(scores), 4) if scores else None
     info["rounds"] = max(o.rounds for o in outcomes)
@@ -470,11 +523,11 @@ async def _complete(state: ProxyState, guard: AsyncGuard, payload: dict[str, Any
     try:
         reply = await state.client.post(url, json=payload, headers=headers)
     except httpx.HTTPError as exc:
-        raise _upstream_exception(exc, metrics, url) from None
+        raise _upstream_exception(exc, metrics, ctx.rid) from None
     upstream_s = time.perf_counter() - t_up
     metrics.upstream_seconds.labels("chat").observe(upstream_s)
     if reply.status_code >= 400:
-        raise _upstream_status(reply, metrics)
+        raise _upstream_status(reply, metrics, ctx.rid, ctx.redact)
     try:
         data = reply.json()
         choices = data["choices"]
@@ -482,31 +535,33 @@ async def _complete(state: ProxyState, guard: AsyncGuard, payload: dict[str, Any
             raise TypeError("choices")
     except (ValueError, KeyError, TypeError):
         metrics.upstream_errors.labels("protocol").inc()
-        raise ApiError(502, f"upstream {url} returned no chat completion", "upstream_error", "upstream_protocol") from None
+        raise ApiError(502, f"the upstream model server returned no chat completion (request {ctx.rid})", "upstream_error",
+                       "upstream_protocol") from None
 
     t_guard = time.perf_counter()
+    data = clean(data)
+    shown = [choice_text(c, config.guard.tool_calls) for c in data["choices"]]
+    data["choices"] = [choice for choice, _ in shown]
+    texts = [text for _, text in shown]
+    budget = config.guard.max_request_chars
 
-    async def protect(choice: dict[str, Any]) -> Outcome:
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        content = message.get("content")
-        if not isinstance(content, str) or not content.strip():
-            return Outcome(text=content or "", action="pass", harmful=False, score=None)
-        return await guard.protect(ctx.query, content, ctx.category)
+    async def protect(text: str) -> Verdict:
+        if not text.strip():
+            return Verdict(text=text, original=text, harmful=False, score=None, action="pass")
+        return await guard.protect(ctx.query, text, ctx.category)
 
-    outcomes = list(await asyncio.gather(*(protect(c) for c in choices))) or [Outcome("", "pass", False, None)]
+    if sum(len(t) for t in texts) > budget:
+        outcomes = [guard.over_budget(t, budget) for t in texts]
+    else:
+        outcomes = list(await asyncio.gather(*(protect(t) for t in texts)))
+    outcomes = outcomes or [Verdict(text="", original="", harmful=False, score=None, action="pass")]
     guard_s = time.perf_counter() - t_guard
     metrics.guard_seconds.labels("chat").observe(guard_s)
-    originals = []
-    for choice, outcome in zip(choices, outcomes):
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else None
-        originals.append(message.get("content") if message else None)
-        if message is not None and isinstance(message.get("content"), str) and outcome.text != message["content"]:
-            message["content"] = outcome.text
-            for leak in ("reasoning_content", "reasoning"):  # may carry the harmful text too
-                message.pop(leak, None)
-            choice["logprobs"] = None  # token logprobs would spell out the original answer
-            choice["finish_reason"] = "stop"
-        choice["protector"] = outcome.info()
+    originals = texts
+    for choice, outcome in zip(data["choices"], outcomes):
+        if outcome.action not in RELEASED:
+            replace_choice(choice, outcome.text)
+        choice["protector"] = verdict_info(outcome)
         count(outcome, "chat")
     info = _aggregate(outcomes)
     data["protector"] = {**info, "request_id": ctx.rid}
@@ -520,7 +575,7 @@ async def _complete(state: ProxyState, guard: AsyncGuard, payload: dict[str, Any
     audit({"request_id": ctx.rid, "endpoint": "/v1/chat/completions", "key": ctx.key_id, "model": ctx.model,
            "stream": False, "status": 200, **info, "latency_ms": round((time.perf_counter() - ctx.t0) * 1000, 1),
            "upstream_ms": round(upstream_s * 1000, 1), "guard_ms": round(guard_s * 1000, 1),
-           "query": ctx.query, "original": originals if len(originals) > 1 else originals[0],
+           "query": ctx.query, "original": originals if len(originals) > 1 else (originals or [""])[0],
            "text": [o.text for o in outcomes] if len(outcomes) > 1 else outcomes[0].text})
     return JSONResponse(data, headers=out_headers)
 
@@ -536,7 +591,7 @@ async def _stream(state: ProxyState, guard: AsyncGuard, payload: dict[str, Any],
     try:
         reply = await state.client.send(state.client.build_request("POST", url, json=payload, headers=headers), stream=True)
     except httpx.HTTPError as exc:
-        raise _upstream_exception(exc, metrics, url) from None
+        raise _upstream_exception(exc, metrics, ctx.rid) from None
     if reply.status_code >= 400:
         try:
             await reply.aread()
@@ -544,10 +599,11 @@ async def _stream(state: ProxyState, guard: AsyncGuard, payload: dict[str, Any],
             pass
         finally:
             await reply.aclose()
-        raise _upstream_status(reply, metrics)
+        raise _upstream_status(reply, metrics, ctx.rid, ctx.redact)
 
     relay = StreamRelay(guard, config.stream, ctx.query, ctx.category, ctx.model, ctx.rid,
-                        on_window=lambda result: metrics.stream_windows.labels(result).inc())
+                        on_window=lambda result: metrics.stream_windows.labels(result).inc(),
+                        tools=config.guard.tool_calls, max_chars=config.guard.max_request_chars, redact=ctx.redact)
     received: list[str] = []
 
     async def lines():
@@ -560,9 +616,9 @@ async def _stream(state: ProxyState, guard: AsyncGuard, payload: dict[str, Any],
         # The upstream ignored stream=true and sent one JSON completion: relay it as one delta.
         data = json.loads(await reply.aread())
         message = ((data.get("choices") or [{}])[0]).get("message") or {}
-        received.append(message.get("content") or "")
+        received.append(content_text(message.get("content")))
         chunk = {k: data.get(k) for k in ("id", "created", "model")}
-        chunk["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": message.get("content") or ""},
+        chunk["choices"] = [{"index": 0, "delta": {**message, "role": "assistant"},
                              "finish_reason": ((data.get("choices") or [{}])[0]).get("finish_reason")}]
         yield "data: " + json.dumps(chunk)
         yield "data: [DONE]"
@@ -592,7 +648,7 @@ async def _stream(state: ProxyState, guard: AsyncGuard, payload: dict[str, Any],
             metrics.guard_seconds.labels("stream").observe(result.guard_ms / 1000)
             count(result.outcome, "stream")
             audit({"request_id": ctx.rid, "endpoint": "/v1/chat/completions", "key": ctx.key_id, "model": ctx.model,
-                   "stream": True, "status": status, **result.outcome.info(), "windows": result.windows,
+                   "stream": True, "status": status, **verdict_info(result.outcome), "windows": result.windows,
                    "latency_ms": round((time.perf_counter() - ctx.t0) * 1000, 1), "guard_ms": round(result.guard_ms, 1),
                    "query": ctx.query, "original": _stream_text(received), "text": result.released})
 
@@ -610,10 +666,11 @@ def _stream_text(lines: list[str]) -> str:
             payload = None
         if isinstance(payload, dict):
             for choice in payload.get("choices") or []:
-                text.append(((choice.get("delta") or {}).get("content")) or "")
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                text.append(content_text(delta.get("content")) if isinstance(delta, dict) else "")
         else:
             text.append(line)
-    return "".join(text)
+    return clean_text("".join(text))
 
 
 # --- app-wide handlers -------------------------------------------------------------------------
@@ -644,7 +701,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         rid = getattr(request.state, "request_id", "?")
         logger.exception("unhandled error in request %s", rid)
-        return error_json(500, f"internal proxy error (request {rid}); see the proxy log", "server_error", "internal_error")
+        return error_json(500, f"internal proxy error (request {rid}); see the proxy log", "server_error", "internal_error",
+                          headers={"x-request-id": rid})  # this answer bypasses the request-id middleware
 
 
 def _install_openapi(app: FastAPI) -> None:

@@ -58,13 +58,13 @@ def serve(
         import uvicorn
 
         from .app import create_app
-        from .guard import build_protector
+        from .guard import protector_from_config
     except ImportError as exc:
         _fail(f"the server extra is missing ({exc.name}): pip install 'mllm-protector[server]'")
     logging.basicConfig(level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     typer.echo(f"loading detector '{cfg.guard.detector}' and detoxifier '{cfg.guard.detoxifier}' ...", err=True)
     try:
-        protector = build_protector(cfg.guard)
+        protector = protector_from_config(cfg.guard, cfg.stream)
     except ProtectorError as exc:
         _fail(str(exc))
     app = create_app(cfg, protector)

@@ -30,6 +30,8 @@ from ..errors import InputError
 #: Environment variables read when the config leaves the value empty (keys stay out of files and argv).
 ENV_API_KEYS = "MLLM_PROTECTOR_API_KEYS"  # comma-separated client keys
 ENV_UPSTREAM_KEY = "MLLM_PROTECTOR_UPSTREAM_API_KEY"
+#: Shortest accepted client API key.
+MIN_KEY_CHARS = 8
 
 
 class _Section(BaseModel):
@@ -87,8 +89,13 @@ class GuardConfig(_Section):
     detox_timeout: float = Field(60.0, gt=0, description="Seconds for detoxification of one flagged answer.")
     workers: int = Field(1, ge=1, description="Threads running detector batches (CPU-bound torch calls).")
     max_batch: int = Field(32, ge=1, description="Detector checks from concurrent requests scored in one batch.")
+    max_batch_chars: int = Field(40_000, ge=1000, description="Characters scored in one detector batch (a larger text goes alone).")
+    max_request_chars: int = Field(100_000, ge=1000, description="Per-request detector budget: characters of answer text "
+                                   "checked for one request (413 on /v1/guard; the refusal for a longer upstream answer).")
     detox_batch: int = Field(8, ge=1, description="Flagged answers detoxified together (one protect_batch call).")
     query: Literal["last_user", "conversation"] = Field("last_user", description="What the detector sees as the query.")
+    tool_calls: Literal["check", "drop"] = Field("check", description="Tool-call arguments: checked with the answer "
+                                                  "text, or dropped from every answer.")
 
 
 class StreamConfig(_Section):
@@ -97,7 +104,11 @@ class StreamConfig(_Section):
     mode: Literal["sentence", "chars"] = Field("sentence", description="Cut windows at sentence ends, or by size only.")
     min_chars: int = Field(80, ge=1, description="Hold back at least this many new characters before a check.")
     max_chars: int = Field(400, ge=1, description="Force a check once this many characters are held back.")
-    context_chars: int = Field(4000, ge=200, description="Each check scores the last N characters of the answer so far.")
+    context_chars: int = Field(500, ge=100, description="A window is also judged after the last N characters of the answer so far.")
+    window_threshold: Optional[float] = Field(None, ge=0, le=1, description="P(harmful) of a window alone that flags it; "
+                                              "None: the calibrated default (benchmarks/stream_calibration.py).")
+    context_threshold: Optional[float] = Field(None, ge=0, le=1, description="P(harmful) of a window in context that "
+                                               "flags it; None: the calibrated default, at most guard.threshold.")
 
     @model_validator(mode="after")
     def _ordered(self) -> "StreamConfig":
@@ -129,6 +140,10 @@ class ProxyConfig(_Section):
                 f"${ENV_API_KEYS}, or bind to 127.0.0.1 (or set server.require_auth: false if a gateway in front "
                 "already authenticates)"
             )
+        short = [mask(k) for k in self.server.api_keys if len(k.strip()) < MIN_KEY_CHARS]
+        if short:
+            raise InputError(f"API keys must have at least {MIN_KEY_CHARS} characters; too short: {', '.join(short)} "
+                             "(an empty or 1-character key is guessed at once)")
         return self
 
     def masked(self) -> dict[str, Any]:

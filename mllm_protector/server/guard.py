@@ -1,71 +1,26 @@
-"""The Protector behind an asyncio server: batched detector checks in a thread pool, timeouts, fail policy.
+"""The Protector behind an asyncio server: it schedules Protector calls and decides nothing itself.
 
-Detector calls are CPU/GPU-bound torch work, so they never run on the event loop. Checks from concurrent
-requests are queued and scored together (one `detector.score` call per batch), which keeps throughput
-up under load without unbounded threads. Detoxification (rare, slow) has its own single-thread pool so a
-5-15 s rewrite never blocks the checks of other requests; flagged answers that wait together are
-detoxified in one `Protector.protect_batch` call.
-
-Failure policy (`guard.fail_mode`): when the detector errors or times out, `closed` answers with the
-refusal and `open` releases the text unchecked (action `unchecked`). A flagged answer is never released,
-whatever the mode: if detoxification fails or times out, the answer is the refusal.
+Detector calls are CPU/GPU-bound torch work, so they never run on the event loop. Texts from concurrent
+requests are queued and scored together (one `Protector.score` call per batch, which isolates a text
+the detector cannot score); each request then asks the Protector for its decision. Detoxification
+(rare, slow) has its own single-thread pool so a 5-15 s rewrite never blocks other requests' checks;
+flagged answers that wait together are detoxified in one `Protector.detoxify_batch` call. Timeouts are
+measured here and handed to `Protector.fail`, which applies the failure policy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import logging
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Sequence
 
-from ..protector import Protector
-from .config import GuardConfig
+from ..config import ProtectorSettings
+from ..protector import Failure, Protector, Score, Verdict, build_protector
+from .config import GuardConfig, StreamConfig
 from .metrics import Metrics
-
-logger = logging.getLogger(__name__)
-
-
-class GuardFailure(Exception):
-    """The detector could not give a score (error, timeout, non-finite output)."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass
-class Outcome:
-    """What the guard decided for one answer; `text` is what the client may see."""
-
-    text: str
-    action: str  # pass | detoxified | refused | flagged | unchecked
-    harmful: bool
-    score: Optional[float]
-    final_score: Optional[float] = None
-    rounds: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    error: Optional[str] = None
-
-    def info(self) -> dict[str, Any]:
-        """The `protector` field added to OpenAI responses."""
-        data: dict[str, Any] = {"action": self.action, "score": _round(self.score), "rounds": self.rounds}
-        if self.final_score is not None and self.action != "pass":
-            data["final_score"] = _round(self.final_score)
-        if self.error:
-            data["error"] = self.error
-        return data
-
-
-def _round(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 4)
-
-
-SEVERITY = {"pass": 0, "unchecked": 1, "detoxified": 2, "flagged": 3, "refused": 4}
 
 
 class SerializedDetector:
@@ -84,50 +39,51 @@ class SerializedDetector:
         return getattr(self._detector, name)
 
 
-def build_protector(cfg: GuardConfig) -> Protector:
-    """Detector + detoxifier + loop settings from the `guard` config section (loads the models)."""
-    from ..config import ProtectorSettings
-    from ..detector import HarmDetector
-    from ..detoxifier import LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
-    from ..errors import InputError
-
-    if cfg.detoxifier == "lm":
-        detox: Any = LMDetoxifier(cfg.detox_model)
-    elif cfg.detoxifier == "refusal":
-        detox = RefusalDetoxifier(cfg.refusal)
-    elif cfg.detoxifier.startswith(("http://", "https://")):
-        detox = OpenAIDetoxifier(cfg.detoxifier, cfg.detox_model, timeout=cfg.detox_timeout)
-    else:
-        raise InputError(f"unknown guard.detoxifier '{cfg.detoxifier}': use lm, refusal or an http(s) base URL")
-    settings = ProtectorSettings(max_rounds=cfg.max_rounds, threshold=cfg.threshold, refusal=cfg.refusal)
-    return Protector(HarmDetector.from_pretrained(cfg.detector), detox, settings)
+def protector_from_config(guard: GuardConfig, stream: StreamConfig) -> Protector:
+    """Detector + detoxifier + decision settings from the `guard` and `stream` config sections (loads the models)."""
+    settings = ProtectorSettings(max_rounds=guard.max_rounds, threshold=guard.threshold, refusal=guard.refusal,
+                                 fail_mode=guard.fail_mode, window_threshold=stream.window_threshold,
+                                 context_threshold=stream.context_threshold, context_chars=stream.context_chars)
+    return build_protector(guard.detector, guard.detoxifier, guard.detox_model, settings, guard.detox_timeout)
 
 
 @dataclass
 class _Job:
-    query: Optional[str]
-    text: str
+    items: list[tuple[Optional[str], str]]
     future: asyncio.Future
-    category: Optional[str] = None
+
+
+@dataclass
+class _DetoxJob:
+    query: Optional[str]
+    verdict: Verdict
+    category: Optional[str]
+    prefix: str
+    future: asyncio.Future
 
 
 class AsyncGuard:
     """Async front of a Protector. Create inside or outside a loop; `start()` runs in the serving loop."""
 
-    def __init__(self, protector: Protector, cfg: GuardConfig, metrics: Metrics | None = None):
-        # A shallow copy whose detector is serialized: the caller's Protector object is left untouched.
-        self.protector = copy.copy(protector)
+    def __init__(self, protector: Protector, cfg: GuardConfig, metrics: Metrics | None = None,
+                 stream: StreamConfig | None = None):
+        # A copy with the config's failure policy and stream settings, whose detector is serialized: the
+        # caller's Protector object is left untouched.
+        stream = stream or StreamConfig()
+        changes: dict[str, Any] = {"fail_mode": cfg.fail_mode, "context_chars": stream.context_chars}
+        changes.update({k: v for k, v in (("window_threshold", stream.window_threshold),
+                                          ("context_threshold", stream.context_threshold)) if v is not None})
+        self.protector = protector.with_settings(**changes)
         if not isinstance(protector.detector, SerializedDetector):
             self.protector.detector = SerializedDetector(protector.detector)  # type: ignore[assignment]
-        self.detector = self.protector.detector
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.threshold: float = protector.threshold
-        self.refusal: str = protector.settings.refusal
+        self.refusal: str = protector.refusal
         self._score_pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="guard-detector")
         self._detox_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-detox")
         self._queue: asyncio.Queue[_Job] | None = None
-        self._detox_queue: asyncio.Queue[_Job] | None = None
+        self._detox_queue: asyncio.Queue[_DetoxJob] | None = None
         self._workers: list[asyncio.Task] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -146,131 +102,155 @@ class AsyncGuard:
         self._score_pool.shutdown(wait=False, cancel_futures=True)
         self._detox_pool.shutdown(wait=False, cancel_futures=True)
 
-    # --- scoring --------------------------------------------------------------------------------
-    def _score_batch(self, texts: list[str], queries: list[Optional[str]]) -> list[float]:
-        t0 = time.perf_counter()
-        try:
-            return self.detector.score(texts, queries)
-        finally:
-            self.metrics.detector_seconds.observe(time.perf_counter() - t0)
-            self.metrics.detector_batch.observe(len(texts))
-
+    # --- scheduling -----------------------------------------------------------------------------
     @staticmethod
-    async def _serve_batches(queue: asyncio.Queue, max_batch: int, pool: ThreadPoolExecutor, fn: Any) -> None:
-        """Forever: take the queued jobs (up to max_batch), run `fn(jobs)` in `pool`, resolve each future."""
+    async def _serve(queue: asyncio.Queue, take: Callable[[list[Any], Any], bool], pool: ThreadPoolExecutor,
+                     fn: Callable[[list[Any]], list[Any]]) -> None:
+        """Forever: take queued jobs while `take(batch, job)` allows, run `fn(jobs)` in `pool`, resolve each future."""
         loop = asyncio.get_running_loop()
+        carry: Any = None  # a job that did not fit the previous batch starts the next one
         while True:
-            jobs = [await queue.get()]
-            while len(jobs) < max_batch and not queue.empty():
-                jobs.append(queue.get_nowait())
+            jobs = [carry if carry is not None else await queue.get()]
+            carry = None
+            while not queue.empty():
+                job = queue.get_nowait()
+                if not take(jobs, job):
+                    carry = job
+                    break
+                jobs.append(job)
             jobs = [j for j in jobs if not j.future.done()]  # callers that timed out meanwhile
             if not jobs:
                 continue
             try:
                 results = await loop.run_in_executor(pool, fn, jobs)
-                if len(results) != len(jobs):
-                    raise RuntimeError(f"got {len(results)} results for {len(jobs)} inputs")
             except asyncio.CancelledError:
                 for j in jobs:
-                    if not j.future.done():
-                        j.future.cancel()
+                    j.future.cancel()
                 raise
-            except Exception as exc:  # every waiting request must learn about the failure
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
+            except Exception as exc:  # noqa: BLE001 — every waiting request must learn about the failure
+                results = [exc] * len(jobs)
             for j, result in zip(jobs, results):
                 if not j.future.done():
-                    j.future.set_result(result)
+                    if isinstance(result, Exception):
+                        j.future.set_exception(result)
+                    else:
+                        j.future.set_result(result)
+
+    def _take_scores(self, batch: list[_Job], job: _Job) -> bool:
+        """A detector batch holds at most `max_batch` texts and `max_batch_chars` characters (a job always fits alone)."""
+        texts = sum(len(j.items) for j in batch) + len(job.items)
+        chars = sum(len(t) for j in batch + [job] for _, t in j.items)
+        return texts <= self.cfg.max_batch and chars <= self.cfg.max_batch_chars
+
+    def _score_jobs(self, jobs: list[_Job]) -> list[list[Score]]:
+        items = [item for job in jobs for item in job.items]
+        t0 = time.perf_counter()
+        try:
+            scores = self.protector.score([q for q, _ in items], [t for _, t in items])
+        finally:
+            self.metrics.detector_seconds.observe(time.perf_counter() - t0)
+            self.metrics.detector_batch.observe(len(items))
+        out, k = [], 0
+        for job in jobs:
+            out.append(scores[k : k + len(job.items)])
+            k += len(job.items)
+        return out
 
     async def _batch_worker(self) -> None:
         assert self._queue is not None
-        await self._serve_batches(self._queue, self.cfg.max_batch, self._score_pool,
-                                  lambda jobs: self._score_batch([j.text for j in jobs], [j.query for j in jobs]))
+        await self._serve(self._queue, self._take_scores, self._score_pool, self._score_jobs)
 
     async def _detox_worker(self) -> None:
-        """Flagged answers waiting together are detoxified by one `protect_batch` call (its detector
+        """Flagged answers waiting together are detoxified by one `detoxify_batch` call (its detector
         calls are batched; rewrites still run one after another)."""
         assert self._detox_queue is not None
-        await self._serve_batches(self._detox_queue, self.cfg.detox_batch, self._detox_pool,
-                                  lambda jobs: self.protector.protect_batch([j.query or "" for j in jobs],
-                                                                            [j.text for j in jobs],
-                                                                            [j.category for j in jobs]))
+        await self._serve(self._detox_queue, lambda batch, job: len(batch) < self.cfg.detox_batch, self._detox_pool,
+                          lambda jobs: self.protector.detoxify_batch([j.query for j in jobs], [j.verdict for j in jobs],
+                                                                     [j.category for j in jobs], [j.prefix for j in jobs]))
 
-    async def check(self, query: Optional[str], text: str) -> float:
-        """P(harmful) of `text`, batched with concurrent checks; raises GuardFailure on error/timeout."""
+    async def score(self, items: list[tuple[Optional[str], str]]) -> list[Score]:
+        """Scores of (query, text) items, batched with concurrent checks; a timeout or error is a Failure per item."""
         self.start()
         assert self._queue is not None
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(query, text, future))
+        await self._queue.put(_Job(items, future))
         try:
-            score = await asyncio.wait_for(future, self.cfg.detector_timeout)
+            scores: list[Score] = await asyncio.wait_for(future, self.cfg.detector_timeout)
         except asyncio.TimeoutError:
-            self.metrics.guard_failures.labels("detector", "timeout").inc()
-            raise GuardFailure("timeout", f"detector timed out after {self.cfg.detector_timeout:g}s") from None
-        except Exception as exc:
-            self.metrics.guard_failures.labels("detector", "error").inc()
-            logger.exception("detector failed")
-            raise GuardFailure("error", f"detector failed: {type(exc).__name__}") from exc
-        if not isinstance(score, float) or not math.isfinite(score):
-            self.metrics.guard_failures.labels("detector", "error").inc()
-            raise GuardFailure("error", f"detector returned a non-finite score ({score!r})")
-        return score
+            scores = [Failure("detector", "timeout", f"detector timed out after {self.cfg.detector_timeout:g}s")] * len(items)
+        except Exception as exc:  # noqa: BLE001 — reported as a failure; the policy decides
+            scores = [Failure("detector", "error", f"detector failed: {type(exc).__name__}")] * len(items)
+        for failure in {s for s in scores if isinstance(s, Failure)}:
+            self.metrics.guard_failures.labels(failure.stage, failure.kind).inc()
+        return scores
 
-    # --- decisions ------------------------------------------------------------------------------
-    def failed(self, text: str, failure: GuardFailure) -> Outcome:
-        """Outcome when the detector could not score: refusal (closed) or the text unchecked (open)."""
-        if self.cfg.fail_mode == "open":
-            return Outcome(text=text, action="unchecked", harmful=False, score=None, error=str(failure))
-        return Outcome(text=self.refusal, action="refused", harmful=False, score=None, error=str(failure))
-
-    async def protect(self, query: Optional[str], text: str, category: Optional[str] = None,
-                      detoxify: bool = True) -> Outcome:
-        """Check one answer; a flagged one is detoxified (or, with detoxify=False, replaced by the refusal)."""
+    # --- Protector calls ------------------------------------------------------------------------
+    async def check(self, query: Optional[str], text: str) -> Verdict:
+        """The Protector's verdict on one whole answer, without detoxifying (pass, flagged, refused, unchecked)."""
         t0 = time.perf_counter()
-        try:
-            score = await self.check(query, text)
-        except GuardFailure as failure:
-            return self.failed(text, failure)
-        detect_ms = (time.perf_counter() - t0) * 1000
-        if score < self.threshold:
-            return Outcome(text=text, action="pass", harmful=False, score=score, final_score=score,
-                           timings={"detect_ms": detect_ms})
-        if not detoxify:
-            return Outcome(text=self.refusal, action="flagged", harmful=True, score=score, final_score=score,
-                           timings={"detect_ms": detect_ms})
-        outcome = await self.replace(query, text, category, score)
-        outcome.timings["detect_ms"] = detect_ms + outcome.timings.get("detect_ms", 0.0)
-        return outcome
+        verdict = self.protector.decide(text, (await self.score([(query, text)]))[0])
+        verdict.timings["detect_ms"] = (time.perf_counter() - t0) * 1000
+        return verdict
 
-    async def replace(self, query: Optional[str], text: str, category: Optional[str] = None,
-                      score: Optional[float] = None) -> Outcome:
-        """Detoxify an answer already flagged; the refusal when that fails, times out, or disagrees."""
+    async def check_window(self, query: Optional[str], approved: str, window: str) -> Verdict:
+        """The Protector's verdict on one stream window, judged alone and after the approved answer."""
+        alone, in_context = self.protector.window_texts(approved, window)
+        scores = await self.score([(query, alone), (query, in_context)])
+        return self.protector.decide_window(window, scores[0], scores[1])
+
+    async def detoxify(self, query: Optional[str], verdict: Verdict, category: Optional[str] = None,
+                       original: Optional[str] = None, prefix: str = "") -> Verdict:
+        """Replace a flagged verdict's text (its `original`, or `original` given here) with a checked rewrite,
+        the refusal when that fails or times out; `prefix` is what a streaming client already has."""
+        if verdict.action != "flagged":
+            return verdict
+        if original is not None:
+            verdict = replace(verdict, original=original)
         t0 = time.perf_counter()
         self.start()
         assert self._detox_queue is not None
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._detox_queue.put(_Job(query, text, future, category))
+        await self._detox_queue.put(_DetoxJob(query, verdict, category, prefix, future))
         try:
-            verdict = await asyncio.wait_for(future, self.cfg.detox_timeout)
+            result: Verdict = await asyncio.wait_for(future, self.cfg.detox_timeout)
         except asyncio.TimeoutError:
-            self.metrics.guard_failures.labels("detoxifier", "timeout").inc()
-            return Outcome(text=self.refusal, action="refused", harmful=True, score=score,
-                           error=f"detoxification timed out after {self.cfg.detox_timeout:g}s",
-                           timings={"detox_ms": (time.perf_counter() - t0) * 1000})
-        except Exception as exc:
-            self.metrics.guard_failures.labels("detoxifier", "error").inc()
-            logger.exception("detoxification failed")
-            return Outcome(text=self.refusal, action="refused", harmful=True, score=score,
-                           error=f"detoxification failed: {type(exc).__name__}",
-                           timings={"detox_ms": (time.perf_counter() - t0) * 1000})
+            result = self._detox_failed(verdict, Failure("detoxifier", "timeout",
+                                                         f"detoxification timed out after {self.cfg.detox_timeout:g}s"))
+        except Exception as exc:  # noqa: BLE001 — reported as a failure; the policy refuses
+            result = self._detox_failed(verdict, Failure("detoxifier", "error", f"detoxification failed: {type(exc).__name__}"))
         finally:
             self.metrics.detox_seconds.observe(time.perf_counter() - t0)
-        if verdict.action == "pass":
-            # The full-answer check disagreed with the flagged window: still never release flagged text.
-            return Outcome(text=self.refusal, action="refused", harmful=True, score=score,
-                           final_score=verdict.score, timings=dict(verdict.timings))
-        return Outcome(text=verdict.text, action=verdict.action, harmful=True,
-                       score=score if score is not None else verdict.score, final_score=verdict.final_score,
-                       rounds=verdict.rounds, timings=dict(verdict.timings))
+        result.timings["detox_ms"] = (time.perf_counter() - t0) * 1000  # queueing included
+        return result
+
+    def _detox_failed(self, verdict: Verdict, failure: Failure) -> Verdict:
+        self.metrics.guard_failures.labels(failure.stage, failure.kind).inc()
+        return self.protector.fail(verdict.original, failure, verdict.score)
+
+    def over_budget(self, text: str, max_chars: int) -> Verdict:
+        """The Protector's verdict on an answer longer than the per-request detector budget (always refused)."""
+        self.metrics.guard_failures.labels("budget", "limit").inc()
+        message = f"the answer exceeds the per-request detector budget of {max_chars} characters"
+        return self.protector.fail(text, Failure("budget", "limit", message))
+
+    async def protect(self, query: Optional[str], text: str, category: Optional[str] = None,
+                      detoxify: bool = True) -> Verdict:
+        """Check one answer; a flagged one is detoxified (or, with detoxify=False, stays `flagged`: the refusal)."""
+        verdict = await self.check(query, text)
+        return await self.detoxify(query, verdict, category) if detoxify else verdict
+
+
+def verdict_info(verdict: Verdict) -> dict[str, Any]:
+    """The `protector` object added to OpenAI responses (and the audit line) for one verdict."""
+    data: dict[str, Any] = {"action": verdict.action, "score": _round(verdict.score), "rounds": verdict.rounds}
+    if verdict.final_score is not None and verdict.action != "pass":
+        data["final_score"] = _round(verdict.final_score)
+    if verdict.error:
+        data["error"] = verdict.error
+    if verdict.category is not None:
+        data["category"] = verdict.category
+    return data
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 4)

@@ -78,6 +78,7 @@ class GuardResponse(BaseModel):
     rounds: int
     timings: dict[str, float] = Field(default_factory=dict)
     error: Optional[str] = None
+    category: Optional[str] = Field(None, description="Harm category of the answer, when the detector gives one.")
 
 
 class ErrorBody(BaseModel):
@@ -114,6 +115,8 @@ def detector_query(request: ChatCompletionRequest, mode: str) -> str:
     return ""
 
 
+#: Largest image (width × height) accepted: a small file can declare a huge canvas (a decompression bomb).
+MAX_PIXELS = 40_000_000
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S)
 
 
@@ -153,9 +156,13 @@ def check_images(request: ChatCompletionRequest, allow_remote: bool, max_bytes: 
                 raise InputError(f"{where}: image data is not valid base64 ({exc})") from exc
             try:
                 with Image.open(io.BytesIO(raw)) as img:
+                    if img.width * img.height > MAX_PIXELS:
+                        raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
                     img.verify()
+            except Image.DecompressionBombError as exc:
+                raise InputError(f"{where}: image is too large ({str(exc)[:80]}; at most {MAX_PIXELS} pixels)") from None
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                raise InputError(f"{where}: image data is not a readable image ({exc})") from exc
+                raise InputError(f"{where}: image data is not a readable image ({str(exc)[:200]})") from None
     return count
 
 

@@ -2,9 +2,10 @@
 
 The relay reads the upstream's OpenAI SSE stream, appends content deltas to a hold-back buffer and,
 at window boundaries (`stream.mode`: sentence ends after `min_chars`, at the latest `max_chars`; or
-fixed `max_chars` windows), scores the answer so far (its last `context_chars`). Approved text is sent
-to the client as `chat.completion.chunk`s; when a window is flagged the upstream is closed and the
-detoxified (or refusal) continuation is streamed instead. Text that was not approved is never sent.
+fixed `max_chars` windows), asks the Protector for its verdict on the new window (judged alone and after
+a bounded tail of the answer so far, so the cost per window is constant). Approved text is sent to the
+client as `chat.completion.chunk`s; when a window is flagged the upstream is closed and the detoxified
+(or refusal) continuation is streamed instead. Text that was not approved is never sent.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Optional
 
+from ..protector import RELEASED, SEPARATOR, SEVERITY, Verdict
 from .config import StreamConfig
-from .guard import SEVERITY, AsyncGuard, GuardFailure, Outcome
+from .answers import content_text, strings, visible
+from .guard import AsyncGuard, verdict_info
 
 logger = logging.getLogger(__name__)
 
 #: A sentence ends at . ! ? (or their CJK forms, or …) plus closing quotes/brackets, before whitespace; or at a newline.
 _SENTENCE_END = re.compile(r"[.!?。！？…][\"'”’)\]]*(?=\s)|\n")
 _SPACE = re.compile(r"\s")
-#: Between the approved prefix and a replacement continuation.
-SEPARATOR = "\n\n"
 
 
 class HoldBack:
@@ -75,7 +76,7 @@ class UpstreamStreamError(Exception):
 class StreamResult:
     """Filled while streaming; read by the caller for metrics and the audit line."""
 
-    outcome: Outcome
+    outcome: Verdict
     released: str = ""
     windows: int = 0
     guard_ms: float = 0.0
@@ -93,7 +94,8 @@ class StreamRelay:
     """Turns one upstream SSE line stream into a guarded client SSE byte stream."""
 
     def __init__(self, guard: AsyncGuard, cfg: StreamConfig, query: str, category: Optional[str],
-                 model: Optional[str], request_id: str, on_window: Callable[[str], None] | None = None):
+                 model: Optional[str], request_id: str, on_window: Callable[[str], None] | None = None,
+                 tools: str = "check", max_chars: Optional[int] = None, redact: Callable[[str], str] = str):
         self.guard = guard
         self.cfg = cfg
         self.query = query
@@ -101,10 +103,15 @@ class StreamRelay:
         self.model = model
         self.request_id = request_id
         self.on_window = on_window or (lambda result: None)
+        self.tools = tools
+        self.max_chars = max_chars
+        self.redact = redact  # removes the upstream key from upstream text before it is logged
         self.hold = HoldBack(cfg)
         self.approved = ""
         self.meta: dict[str, Any] = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": model}
-        self.result = StreamResult(outcome=Outcome(text="", action="pass", harmful=False, score=0.0, final_score=0.0))
+        self.result = StreamResult(outcome=Verdict(text="", original="", harmful=False, score=None, action="pass"))
+        self._side = ""  # reasoning, refusal and tool-call text: checked at the end, then released
+        self._received = 0
         self._held_deltas: list[dict[str, Any]] = []
         self._usage: Optional[dict[str, Any]] = None
         self._role_sent = False
@@ -128,12 +135,12 @@ class StreamRelay:
         self._role_sent = True
         return [self._chunk({"role": "assistant", "content": ""})]
 
-    def _note(self, outcome: Outcome) -> None:
+    def _note(self, verdict: Verdict) -> None:
         """Keep the most severe decision and the highest window score for the stream's outcome."""
-        if outcome.score is not None:
-            self._max_score = max(self._max_score or 0.0, outcome.score)
-        if SEVERITY[outcome.action] > SEVERITY[self.result.outcome.action]:
-            self.result.outcome = outcome
+        if verdict.score is not None:
+            self._max_score = max(self._max_score or 0.0, verdict.score)
+        if SEVERITY[verdict.action] > SEVERITY[self.result.outcome.action]:
+            self.result.outcome = verdict
         self.result.outcome.score = self._max_score
 
     # --- the relay ------------------------------------------------------------------------------
@@ -145,22 +152,20 @@ class StreamRelay:
                 for out in self._role():  # no text: sent at once so clients see the stream start
                     yield out
                 for choice in payload.get("choices") or []:
-                    if choice.get("index", 0) != 0:
-                        continue
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        self.hold.feed(delta["content"])
-                    others = {k: v for k, v in delta.items() if k not in ("content", "role") and v is not None}
-                    if others:
-                        self._held_deltas.append(others)  # tool calls etc.: released at the end, after the content
-                    finish_reason = choice.get("finish_reason") or finish_reason
-                while (window := self.hold.next_window()) is not None:
-                    approved, chunks = await self._release(window)
-                    for out in chunks:
+                    if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                        self._take(choice.get("delta") or {})
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                if self.max_chars is not None and self._received > self.max_chars:
+                    for out in self._stop(self.guard.over_budget(self.approved + self.hold.flush(), self.max_chars)):
                         yield out
-                    if not approved:
-                        yield self._final("stop")
+                    return
+                while (window := self.hold.next_window()) is not None:
+                    verdict = await self._judge(window)
+                    if verdict.action not in RELEASED:
+                        for out in self._stop(verdict):
+                            yield out
                         return
+                    yield self._emit(verdict.text)
         except UpstreamStreamError as exc:
             self.result.upstream_error = exc.kind
             for out in self._role():
@@ -168,24 +173,52 @@ class StreamRelay:
             yield sse({"error": {"message": f"{exc} (request {self.request_id}); the answer is incomplete",
                                  "type": "upstream_error", "param": None, "code": f"upstream_{exc.kind}"}})
             return
-        tail = self.hold.flush()
         for out in self._role():
             yield out
+        tail = self.hold.flush()
         if tail:
-            approved, chunks = await self._release(tail)
-            for out in chunks:
-                yield out
-            if not approved:
-                yield self._final("stop")  # held tool calls etc. of a flagged answer are dropped with it
+            verdict = await self._judge(tail)
+            if verdict.action not in RELEASED:  # held tool calls etc. of a flagged answer are dropped with it
+                for out in self._stop(verdict):
+                    yield out
+                return
+            yield self._emit(verdict.text)
+        if self._side:
+            verdict = await self._judge(self._side)
+            if verdict.action not in RELEASED:
+                for out in self._stop(verdict):
+                    yield out
                 return
         for delta in self._held_deltas:
             yield self._chunk(delta)
+        if self.tools == "drop" and finish_reason in ("tool_calls", "function_call"):
+            finish_reason = "stop"
         yield self._final(finish_reason or "stop")
+
+    def _take(self, delta: dict[str, Any]) -> None:
+        """Content goes to the hold-back window; other text (reasoning, refusal, tool calls) is held whole."""
+        if not isinstance(delta, dict):
+            return
+        shown = visible(delta, self.tools)
+        content = content_text(shown.pop("content", None))
+        shown.pop("role", None)
+        self.hold.feed(content)
+        others = {k: v for k, v in shown.items() if v is not None}
+        side = "".join(strings(others))
+        self._received += len(content) + len(side)
+        if others:
+            self._held_deltas.append(others)  # released at the end, after the content and their check
+            self._side += side
+
+    def _stop(self, verdict: Verdict) -> list[bytes]:
+        """End the stream with the verdict's text (a rewrite or the refusal) as the continuation."""
+        self._note(verdict)
+        return self._continue_with(verdict.text) + [self._final("stop")]
 
     def _final(self, finish_reason: str) -> bytes:
         self.result.finish_reason = finish_reason
         self.result.outcome.text = self.result.released
-        out = self._chunk({}, finish_reason, protector=self.result.outcome.info())
+        out = self._chunk({}, finish_reason, protector=verdict_info(self.result.outcome))
         if self._usage is not None:
             out += sse({"id": self.meta["id"], "object": "chat.completion.chunk", "created": self.meta["created"],
                         "model": self.meta["model"], "choices": [], "usage": self._usage})
@@ -209,9 +242,9 @@ class StreamRelay:
                 if not isinstance(payload, dict):
                     raise UpstreamStreamError("protocol", "upstream sent malformed stream data")
                 if payload.get("error"):
-                    error = payload["error"]
-                    message = error.get("message") if isinstance(error, dict) else str(error)
-                    raise UpstreamStreamError("status", f"upstream error mid-stream: {str(message)[:200]}")
+                    logger.warning("upstream error event mid-stream (request %s): %s", self.request_id,
+                                   self.redact(str(payload["error"]))[:300])
+                    raise UpstreamStreamError("status", "the upstream failed mid-stream")
                 if not self._meta_set:  # ids of the upstream completion, kept for every chunk we send
                     self._meta_set = True
                     for key in ("id", "created", "system_fingerprint"):
@@ -227,42 +260,19 @@ class StreamRelay:
         except httpx.HTTPError as exc:
             raise UpstreamStreamError("unreachable", f"upstream stream broke: {type(exc).__name__}") from None
 
-    async def _release(self, window: str) -> tuple[bool, list[bytes]]:
-        """Check approved+window; approved → its chunk; flagged → the replacement continuation chunks."""
+    async def _judge(self, window: str) -> Verdict:
+        """The Protector's verdict on a window; a flagged one is replaced (the detoxifier sees the whole
+        answer so far, never released)."""
         t0 = time.perf_counter()
-        candidate = self.approved + window
-        try:
-            score = await self.guard.check(self.query, candidate[-self.cfg.context_chars :])
-        except GuardFailure as failure:
-            outcome = self.guard.failed(window, failure)
-            self._note(outcome)
-            self.result.guard_ms += (time.perf_counter() - t0) * 1000
-            if outcome.action == "unchecked":  # fail-open: release unchecked
-                self.on_window("unchecked")
-                return True, [self._emit(window)]
-            self.on_window("failed")
-            return False, self._continue_with(self.guard.refusal)
+        verdict = await self.guard.check_window(self.query, self.approved, window)
         self.result.windows += 1
-        if score < self.guard.threshold:
-            self.on_window("approved")
-            self._note(Outcome(text="", action="pass", harmful=False, score=score, final_score=score))
-            self.result.guard_ms += (time.perf_counter() - t0) * 1000
-            return True, [self._emit(window)]
-        self.on_window("flagged")
-        # Flagged: the detoxifier sees the whole answer so far (and what is held back), never released.
-        outcome = await self.guard.replace(self.query, candidate + self.hold.flush(), self.category, score)
-        text = outcome.text
-        if self.approved and text != self.guard.refusal:
-            try:  # the continuation must also pass next to what the client already has
-                joined = (self.approved + SEPARATOR + text)[-self.cfg.context_chars :]
-                if await self.guard.check(self.query, joined) >= self.guard.threshold:
-                    text, outcome.action = self.guard.refusal, "refused"
-            except GuardFailure:
-                text, outcome.action = self.guard.refusal, "refused"
-        outcome.text = text
-        self._note(outcome)
+        self.on_window({"pass": "approved", "unchecked": "unchecked", "flagged": "flagged"}.get(verdict.action, "failed"))
+        if verdict.action == "flagged":
+            whole = self.approved + window + self.hold.flush()
+            verdict = await self.guard.detoxify(self.query, verdict, self.category, original=whole, prefix=self.approved)
+        self._note(verdict)
         self.result.guard_ms += (time.perf_counter() - t0) * 1000
-        return False, self._continue_with(text)
+        return verdict
 
     def _emit(self, text: str) -> bytes:
         self.approved += text

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 LOOPBACK = "127.0.0.1"
 
@@ -87,28 +87,48 @@ class ServerThread:
         self.stop()
 
 
-def scripted_upstream(texts: dict[str, str], chunk_delay: float = 0.0, slow_delay: float = 30.0):
+def scripted_upstream(texts: dict[str, str], chunk_delay: float = 0.0, slow_delay: float = 30.0,
+                      choices: Optional[dict[str, list[dict[str, Any]]]] = None):
     """An OpenAI-compatible upstream that answers `texts[model]` (unknown model → the first text).
 
     Special models: `slow` waits `slow_delay` s before answering; `error` answers HTTP 500; `stall`
     streams a few words and then stops sending (read-timeout mid-stream); `bad-json` answers a body that
-    is not a completion. Streams one word per chunk, with `chunk_delay` s between chunks.
+    is not a completion; `echo-auth` answers HTTP 400 (or, streaming, an error event) quoting the
+    Authorization header it received. Streams one word per chunk, with `chunk_delay` s between chunks.
+    `choices[model]` replaces the answer's choices: each item's `message` fields (streamed as one delta
+    each, before the content word by word; list content one part per delta) and other choice fields.
+    Bodies are written with ASCII escapes, so lone surrogates in texts arrive as `\\udXXX` escapes.
     `app.state.requests` keeps every received JSON body and Authorization header.
     """
+    choices = choices or {}
     app = FastAPI(title="scripted upstream")
     app.state.requests = []
     default = next(iter(texts.values()))
 
-    def completion(model: str, text: str) -> dict[str, Any]:
-        return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                             "finish_reason": "stop"}],
+    def answer(model: str, text: str) -> list[dict[str, Any]]:
+        default = {"message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": "stop"}
+        return [{"index": i, **c} for i, c in enumerate(choices.get(model) or [default])]
+
+    def completion(model: str, text: str) -> Response:
+        body = {"id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": answer(model, text),
                 "usage": {"prompt_tokens": 5, "completion_tokens": len(text.split()), "total_tokens": 5 + len(text.split())}}
+        return Response(json.dumps(body), media_type="application/json")
 
     def chunk(model: str, delta: dict[str, Any], finish: Optional[str] = None) -> str:
         body = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
         return f"data: {json.dumps(body)}\n\n"
+
+    def deltas(model: str, text: str) -> list[dict[str, Any]]:
+        message = dict(answer(model, text)[0].get("message") or {})
+        message.pop("role", None)
+        content = message.pop("content", None)
+        out = [{k: v} for k, v in message.items()]
+        if isinstance(content, list):
+            return out + [{"content": [part]} for part in content]
+        words = (content or "").split(" ")
+        return out + [{"content": w + (" " if i < len(words) - 1 else "")} for i, w in enumerate(words) if content]
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -121,24 +141,29 @@ def scripted_upstream(texts: dict[str, str], chunk_delay: float = 0.0, slow_dela
         model = str(body.get("model", ""))
         if model == "error":
             return JSONResponse({"error": {"message": "scripted failure", "type": "server_error"}}, status_code=500)
+        echoed = f"you sent Authorization: {request.headers.get('authorization')}"
+        if model == "echo-auth" and not body.get("stream"):
+            return JSONResponse({"error": {"message": echoed, "type": "invalid_request_error"}}, status_code=400)
         if model == "slow":
             await asyncio.sleep(slow_delay)
         if model == "bad-json":
             return JSONResponse({"unexpected": True})
         text = texts.get(model, default)
         if not body.get("stream"):
-            return JSONResponse(completion(model, text))
+            return completion(model, text)
 
         async def events():
             yield chunk(model, {"role": "assistant", "content": ""})
-            words = text.split(" ")
-            for i, word in enumerate(words):
+            for i, delta in enumerate(deltas(model, text)):
                 if model == "stall" and i == 3:
                     await asyncio.sleep(slow_delay)
-                yield chunk(model, {"content": word + (" " if i < len(words) - 1 else "")})
+                if model == "echo-auth" and i == 3:
+                    yield f"data: {json.dumps({'error': {'message': echoed}})}\n\n"
+                    return
+                yield chunk(model, delta)
                 if chunk_delay:
                     await asyncio.sleep(chunk_delay)
-            yield chunk(model, {}, "stop")
+            yield chunk(model, {}, answer(model, text)[0].get("finish_reason") or "stop")
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
