@@ -141,3 +141,11 @@ def test_stream_window_is_judged_alone_and_in_context(detector):
     assert guard.check_window(query, lead_in(2000), BENIGN).action == "pass"
     alone, in_context = guard.window_texts("a " * 5000, "window")
     assert alone == "window" and len(in_context) <= guard.settings.context_chars + len("window")
+
+
+def test_a_failed_detector_call_logs_one_line_without_traceback(detector, caplog):
+    guard = Protector(detector, RefusalDetoxifier())
+    with caplog.at_level("WARNING", logger="mllm_protector.protector"):
+        guard.check_batch(["q"], [12345])  # type: ignore[list-item]
+    records = [r for r in caplog.records if r.name == "mllm_protector.protector"]
+    assert len(records) == 1 and records[0].exc_info is None and "\n" not in records[0].getMessage()

@@ -332,7 +332,7 @@ def test_per_key_concurrency_limit_answers_429(guard, upstream):
         slow.start()
         state = server.app.state.proxy
         for _ in range(250):  # until the slow request holds the key's only slot
-            if state.in_flight:
+            if state.gate.in_flight:
                 break
             time.sleep(0.02)
         reply = httpx.post(server.url + "/v1/chat/completions", json={"model": "benign", "messages": USER})

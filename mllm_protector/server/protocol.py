@@ -1,4 +1,4 @@
-"""Request/response models that mirror the OpenAI chat schema (only what the proxy must understand).
+"""Protocol: pydantic request/response models that mirror the OpenAI chat schema (only what the proxy must understand).
 
 Requests keep unknown fields (`extra="allow"`) and are forwarded upstream as the client sent them, so
 sampling options, tools and vendor extensions keep working; the proxy validates only what it relies
