@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-server test test-fast bench eval results
+.PHONY: install install-server test test-fast lint bench eval results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,13 @@ test:
 
 test-fast:
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# Ruff and mypy (settings in pyproject.toml) on the guard: the Protector and the proxy, and their tests.
+LINT_PATHS := mllm_protector/protector.py mllm_protector/server tests/servers.py tests/stream_fixtures.py tests/test_protector.py \
+	tests/test_server_hardening.py tests/test_stream_leaks.py benchmarks/stream_calibration.py benchmarks/stream_check.py
+lint:
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy $(LINT_PATHS)
 
 bench:
 	$(BIN)/python benchmarks/detector_experiments.py

@@ -104,7 +104,7 @@ def main() -> None:
             guarded.append(ttft)
             changed += text != answer
     cost = long_answer_cost(protector, args.long_chars)
-    added = [g - d for g, d in zip(guarded, direct)]
+    added = [g - d for g, d in zip(guarded, direct, strict=True)]
     lines = [
         "# Stream-window check: leaks, time to first token, detector cost",
         "",

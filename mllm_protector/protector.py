@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from .config import ProtectorSettings
 from .detector import HarmDetector
@@ -105,11 +106,11 @@ class Protector:
             )
 
     @classmethod
-    def default(cls, detector: str = "default", settings: ProtectorSettings = ProtectorSettings()) -> "Protector":
+    def default(cls, detector: str = "default", settings: ProtectorSettings = ProtectorSettings()) -> Protector:
         """The shipped detector with the local LM detoxifier (works offline)."""
         return cls(HarmDetector.from_pretrained(detector), LMDetoxifier(), settings)
 
-    def with_settings(self, **changes: Any) -> "Protector":
+    def with_settings(self, **changes: Any) -> Protector:
         """A copy with some settings changed; the models are shared."""
         return type(self)(self.detector, self.detoxifier, replace(self.settings, **changes))
 
@@ -129,11 +130,11 @@ class Protector:
             values = self.detector.score(texts, self._detector_queries(plain))
             if len(values) != len(texts):
                 raise RuntimeError(f"{len(values)} scores for {len(texts)} texts")
-        except Exception as exc:  # noqa: BLE001 — any detector error must stay with the item that caused it
+        except Exception as exc:  # any detector error must stay with the item that caused it
             if len(texts) == 1:
                 logger.warning("detector failed on one text: %s: %s", type(exc).__name__, str(exc)[:200])
                 return [Failure("detector", "error", f"detector failed: {type(exc).__name__}")]
-            return [s for q, t in zip(plain, texts) for s in self.score([q], [t])]
+            return [s for q, t in zip(plain, texts, strict=True) for s in self.score([q], [t])]
         return [float(v) if math.isfinite(v) and 0.0 <= v <= 1.0
                 else Failure("detector", "error", f"detector returned an invalid score ({v!r})") for v in values]
 
@@ -168,7 +169,7 @@ class Protector:
         start = time.perf_counter()
         scores = self.score(queries, responses)
         detect_ms = (time.perf_counter() - start) * 1000 / max(1, len(responses))
-        verdicts = [self.decide(r, s) for r, s in zip(responses, scores)]
+        verdicts = [self.decide(r, s) for r, s in zip(responses, scores, strict=True)]
         for v in verdicts:
             v.timings["detect_ms"] = detect_ms
         return verdicts
@@ -238,7 +239,7 @@ class Protector:
         t0 = time.perf_counter()
         try:
             return self.detoxifier.rewrite(query, text, category)  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 — any detoxifier failure must end in refusal, never unchecked text
+        except Exception as exc:  # any detoxifier failure must end in refusal, never unchecked text
             logger.warning("detoxifier failed (%s: %s); counting the round as failed", type(exc).__name__, str(exc)[:200])
             verdict.error = f"detoxifier failed: {type(exc).__name__}"
             return None

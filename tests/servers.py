@@ -67,7 +67,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
         self.ready_path = ready_path
 
-    def start(self, timeout: float = 30.0) -> "ServerThread":
+    def start(self, timeout: float = 30.0) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -80,7 +80,7 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -197,7 +197,7 @@ class LlamaServer:
         self.log = log
         self.process: Optional[subprocess.Popen] = None
 
-    def start(self, timeout: float = 90.0) -> "LlamaServer":
+    def start(self, timeout: float = 90.0) -> LlamaServer:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
@@ -216,7 +216,7 @@ class LlamaServer:
                 self.process.kill()
                 self.process.wait(timeout=5)
 
-    def __enter__(self) -> "LlamaServer":
+    def __enter__(self) -> LlamaServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -14,9 +14,10 @@ import io
 import json
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -35,9 +36,9 @@ from mllm_protector.server.config import (
     mask,
 )
 from mllm_protector.server.streaming import HoldBack
-from .servers import ServerThread, free_port, scripted_upstream
 
 from .conftest import BENIGN, HARMFUL
+from .servers import ServerThread, free_port, scripted_upstream
 
 #: A benign opening (two sentences) followed by the harmful instructions: the stream must release the
 #: benign part and never a word of the harmful one.

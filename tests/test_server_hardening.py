@@ -12,9 +12,10 @@ import json
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -244,3 +245,43 @@ def test_empty_or_one_character_api_keys_are_rejected_at_startup(keys):
         load_config(None, {"server": {"api_keys": keys}}, env={})
     with pytest.raises(InputError, match="at least 8 characters"):
         load_config(None, {}, env={"MLLM_PROTECTOR_API_KEYS": "x,sk-long-enough-key"})
+
+
+# --- fuzz: generated hostile bodies never get a 5xx ------------------------------------------------
+
+def hostile_bodies():
+    """Chat and guard bodies with random JSON in every field: lone surrogates, NaN/Infinity, huge and
+    deep values, wrong types; serialised with ASCII escapes so every string survives as sent."""
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(codec=None, categories=None), max_size=30)  # surrogates included
+    scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | text
+    value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+                         max_leaves=12)
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "wizard"]) | value,
+                                     "content": value | text})
+    chat = st.fixed_dictionaries({"model": st.just("benign") | value, "messages": st.lists(message, max_size=3) | value},
+                                 optional={"max_tokens": value, "temperature": value, "stream": value, "n": value})
+    guard = st.fixed_dictionaries({"response": text | value}, optional={"query": value, "detoxify": value})
+    nested = st.integers(1, 5000).map(lambda depth: "[" * depth + "]" * depth)
+    return st.one_of(chat.map(lambda b: ("/v1/chat/completions", json.dumps(b))),
+                     guard.map(lambda b: ("/v1/guard", json.dumps(b))),
+                     nested.map(lambda b: ("/v1/chat/completions", '{"model": "benign", "messages": ' + b + "}")))
+
+
+def test_generated_hostile_bodies_never_get_a_server_error(proxy):
+    from hypothesis import HealthCheck, given, settings
+
+    http = httpx.Client(base_url=proxy.url, timeout=60)
+
+    @given(case=hostile_bodies())
+    @settings(max_examples=80, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    def check(case):
+        path, body = case
+        reply = http.post(path, content=body, headers={"content-type": "application/json"})
+        assert reply.status_code < 500, (path, body[:200], reply.text)
+        assert reply.headers["x-request-id"]
+        if reply.status_code >= 400:
+            assert reply.json()["error"]["message"]
+
+    check()

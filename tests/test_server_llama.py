@@ -7,8 +7,8 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import httpx
 import openai
@@ -17,6 +17,8 @@ import pytest
 from mllm_protector import LMDetoxifier, Protector, ProtectorSettings, RefusalDetoxifier
 from mllm_protector.server.app import create_app
 from mllm_protector.server.config import load_config
+
+from .conftest import BENIGN, HARMFUL
 from .servers import (
     LlamaServer,
     ServerThread,
@@ -24,8 +26,6 @@ from .servers import (
     scripted_upstream,
     wait_ready,
 )
-
-from .conftest import BENIGN, HARMFUL
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,9 @@ from schemathesis.generation import GenerationMode
 from mllm_protector import Protector, ProtectorSettings, RefusalDetoxifier
 from mllm_protector.server.app import create_app
 from mllm_protector.server.config import load_config
-from .servers import ServerThread, scripted_upstream
 
 from .conftest import BENIGN, HARMFUL
+from .servers import ServerThread, scripted_upstream
 
 MAX_EXAMPLES = 20  # per operation and mode: 7 runs → at most ~140 requests, ~20 s on 2 CPU cores
 

@@ -8,7 +8,8 @@ released before a later window was flagged. Each window is now also judged on it
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -39,7 +40,7 @@ def stream(server: ServerThread, model: str, query: str) -> tuple[str, dict[str,
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
     chunks = list(client.chat.completions.create(model=model, messages=[{"role": "user", "content": query}], stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    return text, chunks[-1].model_extra["protector"]
+    return text, (chunks[-1].model_extra or {})["protector"]
 
 
 @pytest.mark.parametrize("model", sorted(HARMFUL))

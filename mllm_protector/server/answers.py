@@ -8,7 +8,8 @@ any text, and tool calls are either checked with the rest or dropped (`guard.too
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..protector import clean_text
 

@@ -16,9 +16,10 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, Optional
 
 import httpx
 from fastapi import FastAPI, Request
@@ -259,7 +260,7 @@ async def _load_guard(state: ProxyState) -> None:
         state.load_error = str(exc)
         logger.error("guard models failed to load: %s", exc)
         return
-    except Exception as exc:  # noqa: BLE001 — any load failure is reported the same way
+    except Exception as exc:  # any load failure is reported the same way
         state.load_error = f"{type(exc).__name__}: {exc}"
         logger.error("guard models failed to load: %s", state.load_error)
         return

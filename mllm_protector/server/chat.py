@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, Optional
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
@@ -71,7 +72,7 @@ class ChatService:
         verdicts = await self._check(guard, ctx, texts) or [EMPTY]
         guard_s = time.perf_counter() - t_guard
         self.metrics.guard_seconds.labels("chat").observe(guard_s)
-        for choice, verdict in zip(data["choices"], verdicts):
+        for choice, verdict in zip(data["choices"], verdicts, strict=True):
             if verdict.action not in RELEASED:
                 replace_choice(choice, verdict.text)
             choice["protector"] = verdict_info(verdict)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -111,7 +112,7 @@ class StreamConfig(_Section):
                                                "flags it; None: the calibrated default, at most guard.threshold.")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "StreamConfig":
+    def _ordered(self) -> StreamConfig:
         if self.min_chars > self.max_chars:
             raise ValueError(f"stream.min_chars ({self.min_chars}) must not exceed stream.max_chars ({self.max_chars})")
         return self
@@ -132,7 +133,7 @@ class ProxyConfig(_Section):
             return self.server.require_auth
         return not is_loopback(self.server.host)
 
-    def check(self) -> "ProxyConfig":
+    def check(self) -> ProxyConfig:
         """Cross-field rules that need the final values; raises InputError with what to change."""
         if self.auth_required and not self.server.api_keys:
             raise InputError(
@@ -193,7 +194,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,
-                env: dict[str, str] | None = None) -> ProxyConfig:
+                env: Mapping[str, str] | None = None) -> ProxyConfig:
     """File (YAML, or TOML by suffix) < nested `overrides` (CLI flags, None values skipped) < env for keys.
 
     Raises InputError naming the bad field, so the CLI prints one line instead of a traceback.

@@ -8,7 +8,8 @@ import hashlib
 import hmac
 import json
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -174,7 +175,7 @@ class Gate:
 
         try:
             await asyncio.wait_for(receive_all(), self.config.server.body_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ApiError(408, f"request body not received within {self.config.server.body_timeout:g}s",
                            code="request_timeout") from None
         if not body.strip():

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from ..config import ProtectorSettings
 from ..protector import Failure, Protector, Score, Verdict, build_protector
@@ -123,13 +124,15 @@ class AsyncGuard:
                 continue
             try:
                 results = await loop.run_in_executor(pool, fn, jobs)
+                if len(results) != len(jobs):
+                    raise RuntimeError(f"got {len(results)} results for {len(jobs)} jobs")
             except asyncio.CancelledError:
                 for j in jobs:
                     j.future.cancel()
                 raise
-            except Exception as exc:  # noqa: BLE001 — every waiting request must learn about the failure
+            except Exception as exc:  # every waiting request must learn about the failure
                 results = [exc] * len(jobs)
-            for j, result in zip(jobs, results):
+            for j, result in zip(jobs, results, strict=True):
                 if not j.future.done():
                     if isinstance(result, Exception):
                         j.future.set_exception(result)
@@ -176,9 +179,9 @@ class AsyncGuard:
         await self._queue.put(_Job(items, future))
         try:
             scores: list[Score] = await asyncio.wait_for(future, self.cfg.detector_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             scores = [Failure("detector", "timeout", f"detector timed out after {self.cfg.detector_timeout:g}s")] * len(items)
-        except Exception as exc:  # noqa: BLE001 — reported as a failure; the policy decides
+        except Exception as exc:  # reported as a failure; the policy decides
             scores = [Failure("detector", "error", f"detector failed: {type(exc).__name__}")] * len(items)
         for failure in {s for s in scores if isinstance(s, Failure)}:
             self.metrics.guard_failures.labels(failure.stage, failure.kind).inc()
@@ -213,10 +216,10 @@ class AsyncGuard:
         await self._detox_queue.put(_DetoxJob(query, verdict, category, prefix, future))
         try:
             result: Verdict = await asyncio.wait_for(future, self.cfg.detox_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result = self._detox_failed(verdict, Failure("detoxifier", "timeout",
                                                          f"detoxification timed out after {self.cfg.detox_timeout:g}s"))
-        except Exception as exc:  # noqa: BLE001 — reported as a failure; the policy refuses
+        except Exception as exc:  # reported as a failure; the policy refuses
             result = self._detox_failed(verdict, Failure("detoxifier", "error", f"detoxification failed: {type(exc).__name__}"))
         finally:
             self.metrics.detox_seconds.observe(time.perf_counter() - t0)

@@ -14,12 +14,13 @@ import json
 import logging
 import re
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, Optional
 
 from ..protector import RELEASED, SEPARATOR, SEVERITY, Verdict
-from .config import StreamConfig
 from .answers import content_text, strings, visible
+from .config import StreamConfig
 from .guard import AsyncGuard, verdict_info
 
 logger = logging.getLogger(__name__)
