@@ -18,8 +18,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,34 +56,38 @@ def first_token_s(base: str, model: str) -> tuple[float, str]:
     return first if first is not None else float("nan"), "".join(text)
 
 
-def long_answer_cost(protector: Protector, chars: int) -> dict[str, float]:
-    """Detector seconds for a `chars`-long benign answer: whole, streamed (new check), and the old re-scoring."""
+def long_answer_cost(protector: Protector, chars: int) -> dict[str, Any]:
+    """Detector work for a `chars`-long benign answer, whole vs streamed with the new check vs the old
+    re-scoring of the last 4,000 characters per window: model rows (token windows of the detector, the
+    load-independent measure) and wall seconds."""
     text = lead_in(chars)
     windows = stream_windows(text, StreamConfig())
-    t0 = time.perf_counter()
-    protector.score([None], [text])
-    whole = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    approved = ""
+    approved, new_texts, old_texts = "", list[str](), list[str]()
     for window in windows:
-        protector.check_window(None, approved, window)
+        new_texts += protector.window_texts(approved, window)
+        old_texts.append((approved + window)[-4000:])
         approved += window
-    streamed = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    approved = ""
-    for window in windows:
-        protector.score([None], [(approved + window)[-4000:]])
-        approved += window
-    old = time.perf_counter() - t0
-    return {"windows": len(windows), "whole": whole, "streamed": streamed, "old": old}
+    cost: dict[str, Any] = {"windows": len(windows)}
+    for name, calls in (("whole", [[text]]), ("new", [new_texts[k:k + 2] for k in range(0, len(new_texts), 2)]),
+                        ("old", [[t] for t in old_texts])):
+        cost[name + "_rows"] = sum(len(protector.detector.encode(texts)["input_ids"]) for texts in calls)
+        t0 = time.perf_counter()
+        for texts in calls:  # one detector call per window, as the relay makes them
+            protector.score([None] * len(texts), texts)
+        cost[name + "_s"] = time.perf_counter() - t0
+    return cost
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--long-chars", type=int, default=80_000)
     parser.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between upstream words (~generation speed)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="intra-op threads; on a small machine shared with other jobs, more threads make small "
+                             "detector calls slower (they wait for each other)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "results" / "stream_check.md"))
     args = parser.parse_args()
+    torch.set_num_threads(args.torch_threads)
 
     protector = Protector(HarmDetector.from_pretrained("default"), RefusalDetoxifier())
     harmful = {f"harm{i}-lead{n}": (markers, lead_in(n) + answer)
@@ -108,7 +114,8 @@ def main() -> None:
     lines = [
         "# Stream-window check: leaks, time to first token, detector cost",
         "",
-        f"`python benchmarks/stream_check.py --long-chars {args.long_chars} --chunk-delay {args.chunk_delay}` on "
+        f"`python benchmarks/stream_check.py --long-chars {args.long_chars} --chunk-delay {args.chunk_delay} "
+        f"--torch-threads {args.torch_threads}` on "
         f"{platform.machine()} ({platform.processor() or 'cpu'}), shipped detector, default stream config "
         f"(window threshold {protector.window_threshold}, context threshold {protector.context_threshold}, "
         f"context {protector.settings.context_chars} characters). Upstream: scripted, one word per chunk every "
@@ -124,10 +131,15 @@ def main() -> None:
         f"| time to first token, direct (median / max) | {statistics.median(direct) * 1000:.0f} / {max(direct) * 1000:.0f} ms |",
         f"| time to first token, through the proxy (median / max) | {statistics.median(guarded) * 1000:.0f} / {max(guarded) * 1000:.0f} ms |",
         f"| **added time to first token** (median / max) | **{statistics.median(added) * 1000:.0f} / {max(added) * 1000:.0f} ms** |",
-        f"| {args.long_chars:,}-character answer: detector time, whole answer | {cost['whole']:.1f} s |",
-        f"| same answer streamed: {cost['windows']} windows, new check (window alone + {protector.settings.context_chars}-char context) | {cost['streamed']:.1f} s |",
-        f"| same windows, old check (last 4,000 characters re-scored per window) | {cost['old']:.1f} s |",
     ]
+    lines += ["", f"Detector work for one {args.long_chars:,}-character benign answer ({cost['windows']} stream windows; "
+              "rows = token windows the model runs on, independent of machine load; seconds are wall time on a "
+              "2-core machine shared with other jobs, one detector call per stream window):", "",
+              "| check | model rows | seconds |", "|---|---|---|",
+              f"| whole answer, one call | {cost['whole_rows']} | {cost['whole_s']:.1f} |",
+              f"| streamed, new check (window alone + window after {protector.settings.context_chars} characters) "
+              f"| {cost['new_rows']} | {cost['new_s']:.1f} |",
+              f"| streamed, old check (last 4,000 characters re-scored per window) | {cost['old_rows']} | {cost['old_s']:.1f} |"]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

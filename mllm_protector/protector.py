@@ -96,8 +96,11 @@ class Protector:
         self.settings = settings
         self.threshold = settings.threshold if settings.threshold is not None else detector.threshold
         self.window_threshold = settings.window_threshold if settings.window_threshold is not None else WINDOW_THRESHOLD
+        # Partial answers in context score differently from whole ones, so their calibrated threshold stands on
+        # its own; an operator who pins a stricter whole-answer threshold gets stricter stream checks too.
         self.context_threshold = (settings.context_threshold if settings.context_threshold is not None
-                                  else min(CONTEXT_THRESHOLD, self.threshold))
+                                  else CONTEXT_THRESHOLD if settings.threshold is None
+                                  else min(CONTEXT_THRESHOLD, settings.threshold))
         refusal_score = detector.score([settings.refusal])[0]
         if refusal_score >= min(self.threshold, self.window_threshold, self.context_threshold):
             raise ProtectorError(

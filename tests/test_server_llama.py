@@ -102,7 +102,7 @@ def test_serve_command_protects_llama_for_the_openai_sdk(llama, tmp_path):
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", 120, process)
         health = httpx.get(f"http://127.0.0.1:{port}/health").json()
-        assert health["status"] == "ok" and health["guard"] == "ready" and health["upstream"]["ok"]
+        assert health == {"status": "ok"}  # models loaded, upstream answering; details only with a key
         completion = sdk(f"http://127.0.0.1:{port}/v1").chat.completions.create(model=llama.model_alias, messages=BENIGN_Q, **SAMPLING)
         assert completion.choices[0].message.content and completion.model_extra["protector"]["action"] in ("pass", "detoxified")
     finally:

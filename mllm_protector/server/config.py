@@ -109,7 +109,7 @@ class StreamConfig(_Section):
     window_threshold: Optional[float] = Field(None, ge=0, le=1, description="P(harmful) of a window alone that flags it; "
                                               "None: the calibrated default (benchmarks/stream_calibration.py).")
     context_threshold: Optional[float] = Field(None, ge=0, le=1, description="P(harmful) of a window in context that "
-                                               "flags it; None: the calibrated default, at most guard.threshold.")
+                                               "flags it; None: the calibrated default (at most guard.threshold when that is set).")
 
     @model_validator(mode="after")
     def _ordered(self) -> StreamConfig:
