@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from mllm_protector.config import data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 BENIGN = ("vicuna80", "llava_coco", "vlguard")
 LICENSES = {
@@ -152,6 +154,105 @@ Produced by the training command `{training.get('command', 'n/a')}` (trainer met
     return card, fragment
 
 
+def _license(source: str) -> str:
+    """Licence of a source: the table above, else the `license:` line of its labelled set's MANIFEST."""
+    if source in LICENSES:
+        return LICENSES[source]
+    manifest = data_dir() / "labelled_responses" / source / "MANIFEST.txt"
+    if manifest.is_file():
+        for line in manifest.read_text().splitlines():
+            if line.lower().startswith("license:"):
+                return line.split(":", 1)[1].strip().replace("|", "/")
+    return "see source"
+
+
+def render_probe(folder: Path, name: str) -> tuple[str, str]:
+    """(model card, results fragment) for a probe detector: training data, LOSO tables, categories."""
+    config = json.loads((folder / "detector_config.json").read_text())
+    training, loso = config["training"], config["metrics"]["loso"]
+    sources = "\n".join(f"| {s} | {c['harmful']} | {c['harmless']} | {_license(s)} |" for s, c in sorted(training["by_source"].items()))
+    families = "\n".join(
+        f"| {f} | {m['n']} | {fmt(m['auroc'])} | {fmt(m['f1'])} | {fmt(m['recall'])} | {fmt(m['fpr'])} |"
+        for f, m in sorted(loso["by_family"].items())
+    )
+    langs = "\n".join(f"| {lang} | {m['n']} | {fmt(m['auroc'])} | {fmt(m['recall'])} | {fmt(m['fpr'])} |"
+                       for lang, m in sorted(loso["by_lang"].items()))
+    headline = (
+        f"Leave-one-source-out (each source family scored by heads fitted without it): mean AUROC "
+        f"**{fmt(loso['loso_mean_auroc'])}**, worst **{fmt(loso['loso_worst_auroc'])}** ({loso['loso_worst_family']}), "
+        f"macro-F1 {fmt(loso['macro_f1'])} at threshold {config['threshold']:.4f}; false-positive rate "
+        f"**{fmt(loso['benign_fpr'])}** on benign answers ({', '.join(BENIGN)}) and {fmt(loso['dna_fpr'])} on "
+        "Do-Not-Answer's harmless answers, all scored while held out."
+    )
+    card = f"""# mllm-protector harm detector: `{name}`
+
+Scores an MLLM response with P(harmful) (`sigmoid(logit)`; 1 = harmful) and names a harm category.
+Backbone `{config['backbone']}`, **frozen**; trained linear heads on the mean-pooled hidden states of layers
+{config['layers']} (a "probe"; the heads are {(folder / 'probe.safetensors').stat().st_size // 1024} KB). Input format
+`{config['input_format']}` (the question, when given, is read with the answer), {config['max_length']}-token windows
+(stride {config['stride']}); a long answer's window logits are combined by `{config['combine']}`. Text is normalised
+before scoring (NFKC, zero-width characters, look-alike letters, spelled-out letters, leetspeak, base64, Caesar/ROT13).
+Categories: {', '.join(config['categories'])}. Load with `HarmDetector.from_pretrained("{name}")`.
+
+**License / intended use: research and non-commercial only**: the training data include CC BY-NC 4.0 sets
+(PKU-SafeRLHF, SORRY-Bench, MM-SafetyBench, Safety-Tuned LLaMAs) and model outputs under their providers'
+terms (table below).
+
+## Training
+
+Command: `{training.get('command', 'n/a')}`
+
+Harm head: L2 logistic regression (C={training['c']}, in the top 256 principal directions of the
+standardised features, folded back into one linear layer), every (source, label) cell given the same total
+weight; training rows: `{training['mix']}` ({training['examples']} answers, features `{training['variant']}`).
+Category head: multinomial logistic regression on {training['category_examples']} harmful answers whose set
+names a category (mapped by `mllm_protector/categories.py`) or whose question matches a keyword rule.
+The threshold is chosen on the pooled leave-one-source-out scores (best macro-F1 with benign FPR ≤ 2% and
+Do-Not-Answer harmless FPR ≤ 5%), so it is the one an unseen source meets.
+
+| source | harmful | harmless | license |
+|---|---|---|---|
+{sources}
+
+Labels are those of each set (human, GPT-4/GPT-4o, Gemini or Llama judges) and their definitions differ:
+harmful instruction-following (JailbreakBench, EasyJailbreak, GPTFuzz, SORRY-Bench, PKU-SafeRLHF),
+offensive or unsafe replies in dialogue (DiaSafety, BAD, SafeText), standalone hateful or moderated text
+(HateCheck, OpenAI moderation).
+
+## Held-out sources
+
+{headline}
+
+| held-out family (English rows) | n | AUROC | F1 | recall | FPR |
+|---|---|---|---|---|---|
+{families}
+
+Per language (all rows, held out; MiniLM's vocabulary is English: other languages are read poorly):
+
+| language | n | AUROC | recall | FPR |
+|---|---|---|---|---|
+{langs}
+
+More tables (experiments, robustness to obfuscation and length): `docs/RESULTS.md`.
+"""
+    fragment = f"""## Shipped detector `{name}`: leave-one-source-out
+
+Trained by `{training.get('command', 'n/a')}`; rendered by
+`python benchmarks/detector_card.py {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder} --name {name}`.
+
+{headline}
+
+| held-out family (English rows) | n | AUROC | F1 | recall | FPR |
+|---|---|---|---|---|---|
+{families}
+
+| language | n | AUROC | recall | FPR |
+|---|---|---|---|---|
+{langs}
+"""
+    return card, fragment
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
@@ -159,7 +260,8 @@ def main() -> None:
     parser.add_argument("--fragment", type=Path, default=None, help="default: docs/results/detector_<name>.md")
     args = parser.parse_args()
     folder = args.folder.resolve()
-    card, fragment = render(folder, args.name)
+    kind = json.loads((folder / "detector_config.json").read_text()).get("kind", "classifier")
+    card, fragment = (render_probe if kind == "probe" else render)(folder, args.name)
     (folder / "README.md").write_text(card)
     out = args.fragment or ROOT / "docs" / "results" / f"detector_{args.name}.md"
     out.write_text(fragment)

@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from .errors import ProtectorError
 from .jsonl import Line, iter_lines, open_input, open_output
@@ -54,6 +55,14 @@ def _chunks(lines: Iterator[Line], size: int, check: Callable[[Line], None]) -> 
     yield chunk, None
 
 
+def _count_lines(path: str, done: int) -> int | None:
+    """Non-blank lines still to process in a file (None for stdin: the bar then shows a count only)."""
+    if path == "-":
+        return None
+    with open(path, "rb") as handle:
+        return max(0, sum(1 for line in handle if line.strip()) - done)
+
+
 def _run_jsonl(input_path: str, output_path: str, resume: bool, required: tuple[str, ...], batch_size: int,
                check: Callable[[Line], None], process: Callable[[list[Line]], list[dict[str, Any]]], label: str) -> None:
     """Shared loop of `protect` and `score`: resume, validate, process in batches, flush every line."""
@@ -61,9 +70,10 @@ def _run_jsonl(input_path: str, output_path: str, resume: bool, required: tuple[
         with open_input(input_path) as stream, open_output(output_path, resume) as (write, done):
             if done:
                 err.print(f"resuming: {done} records already in {output_path}")
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} done"),
-                          TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
-                task = progress.add_task(label, total=None)
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+                          disable=not err.is_terminal) as progress:
+                task = progress.add_task(label, total=_count_lines(input_path, done))
                 for chunk, error in _chunks(iter_lines(stream, required, input_path, skip=done), batch_size, check):
                     if chunk:
                         for out in process(chunk):
@@ -125,7 +135,8 @@ def score(
     batch_size: int = typer.Option(32, min=1),
     resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
 ) -> None:
-    """Write each line back with `score` = P(harmful) and `harmful` at the detector's saved threshold."""
+    """Write each line back with `score` = P(harmful), `harmful` at the detector's saved threshold and the
+    harm `category` (detectors with a category head)."""
     from .detector import HarmDetector
 
     try:
@@ -135,8 +146,9 @@ def score(
 
     def process(chunk: list[Line]) -> list[dict[str, Any]]:
         records = [line.record for line in chunk]
-        scores = model.score([r["response"] for r in records], [r.get("query") for r in records])
-        return [{**r, "score": s, "harmful": s >= model.threshold} for r, s in zip(records, scores)]
+        found = model.detect([r["response"] for r in records], [r.get("query") for r in records])
+        return [{**r, "score": d.score, "harmful": d.score >= model.threshold,
+                 **({"category": d.category} if d.category is not None else {})} for r, d in zip(records, found)]
 
     _run_jsonl(input, output, resume, ("response",), batch_size, lambda line: None, process, "scoring")
 

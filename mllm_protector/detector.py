@@ -1,15 +1,19 @@
 """HarmDetector: a pretrained LM with a one-output linear head that scores P(harmful) of a response.
 
-As in MLLM-Protector, the backbone is any Hugging Face model loaded with
-`AutoModelForSequenceClassification(num_labels=1)`, optionally adapted with LoRA. Unlike the original
-(whose sigmoid is P(safe)), `sigmoid(logit)` here is P(harmful). Long responses are scored over
-overlapping token windows and the maximum is kept, so harm late in an answer is not truncated away.
+Two kinds share one interface. A "classifier" is the MLLM-Protector design: any Hugging Face model
+loaded with `AutoModelForSequenceClassification(num_labels=1)`, fine-tuned (optionally with LoRA). A
+"probe" keeps the backbone frozen and trains linear heads on its pooled hidden states (`probe.py`),
+which generalises better to sources it never saw. Unlike the original (whose sigmoid is P(safe)),
+`sigmoid(logit)` here is P(harmful). Text is normalised first (`normalize.py`: obfuscations undone);
+long responses are scored over overlapping token windows, combined by the max (optionally discounted
+by the number of windows), so harm late in an answer is not truncated away.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +24,7 @@ import torch
 from .config import PRETRAINED_DIR
 from .errors import ModelNotFoundError, ProtectorError
 from .models import load_model, load_tokenizer
+from .normalize import normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,14 @@ MAX_QUERY_TOKENS = 64
 
 @dataclass
 class DetectorConfig:
-    """What a saved detector needs to be rebuilt and used exactly as trained (saved as JSON)."""
+    """What a saved detector needs to be rebuilt and used exactly as trained (saved as JSON).
+
+    `kind` is "classifier" (fine-tuned sequence classifier, LoRA or full) or "probe" (frozen backbone,
+    trained heads on the mean-pooled hidden states of `layers`; `categories` names the category head's
+    outputs). `normalize` undoes obfuscations before scoring; `combine` turns window logits into one:
+    "max", or "max_corrected" (max minus log(number of windows), so a long benign answer is not flagged
+    more often than a short one just for having more windows).
+    """
 
     backbone: str = "minilm-l6"
     threshold: float = 0.5
@@ -41,6 +53,11 @@ class DetectorConfig:
     stride: int = 64
     input_format: InputFormat = "response"
     lora: bool = True
+    kind: Literal["classifier", "probe"] = "classifier"
+    layers: list[int] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    normalize: bool = True
+    combine: Literal["max", "max_corrected"] = "max"
     label_convention: str = "sigmoid(logit) = P(harmful); 1 = harmful, 0 = harmless"
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -112,7 +129,7 @@ def _windows(ids: list[int], size: int, stride: int) -> list[list[int]]:
     if len(ids) <= size:
         return [ids]
     step = max(1, size - stride)
-    return [ids[s : s + size] for s in range(0, len(ids) - stride, step)]
+    return [ids[s : s + size] for s in range(0, max(1, len(ids) - stride), step)]
 
 
 def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -140,6 +157,9 @@ def encode_windows(
     if queries is not None and len(queries) != len(responses):
         raise ProtectorError(f"got {len(responses)} responses but {len(queries)} queries")
     use_query = config.input_format == "query_response"
+    if config.normalize:
+        responses = [normalize_text(r or "") for r in responses]
+        queries = [normalize_text(q) if q else q for q in queries] if queries is not None else None
     head, tail = special_tokens(tokenizer)
     answer_ids = tokenizer("\nAnswer: ", add_special_tokens=False)["input_ids"] if use_query else []
     windows: list[list[int]] = []
@@ -156,6 +176,16 @@ def encode_windows(
             windows.append(head + prefix + chunk + tail)
             sample.append(i)
     return {"input_ids": windows, "sample": sample}
+
+
+@dataclass
+class Detection:
+    """One response's result: P(harmful), the harm category (probe detectors with a category head) and
+    P(harmful) of each token window, in order (long answers have several)."""
+
+    score: float
+    category: str | None = None
+    window_scores: list[float] = field(default_factory=list)
 
 
 class HarmDetector:
@@ -187,7 +217,12 @@ class HarmDetector:
             )
         config = DetectorConfig.from_dict(json.loads(config_file.read_text()))
         tokenizer = load_tokenizer(config.backbone)
-        if (path / "adapter_config.json").is_file():
+        if config.kind == "probe":
+            from .probe import build_probe
+
+            model = build_probe(config.backbone, config.layers, len(config.categories))
+            model.load_heads(path)
+        elif (path / "adapter_config.json").is_file():
             model = _load_adapter(path, config, tokenizer, trainable=False)
         else:
             model = load_model(str(path), AutoModelForSequenceClassification, num_labels=1)
@@ -200,8 +235,11 @@ class HarmDetector:
         path.mkdir(parents=True, exist_ok=True)
         # The vocabulary is never resized, so embeddings stay out of an adapter (and peft need not look them up).
         # Keyed on the model itself: a LoRA detector loaded for inference is merged, a plain transformers model.
-        extra = {"save_embedding_layers": False} if hasattr(self.model, "peft_config") else {}
-        self.model.save_pretrained(str(path), **extra)
+        if self.config.kind == "probe":
+            self.model.save(path)  # the heads only: the backbone is the public checkpoint named in the config
+        else:
+            extra = {"save_embedding_layers": False} if hasattr(self.model, "peft_config") else {}
+            self.model.save_pretrained(str(path), **extra)
         self.save_config(path)
 
     def save_config(self, path: str | os.PathLike[str]) -> None:
@@ -213,28 +251,41 @@ class HarmDetector:
         return encode_windows(self.tokenizer, self.config, responses, queries)
 
     @torch.inference_mode()
-    def logits(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32) -> list[float]:
-        """Raw head output per response (max over its windows); sigmoid of it is P(harmful)."""
+    def detect(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32) -> list[Detection]:
+        """Score every window of every response in length-sorted batches; one `Detection` per response."""
         encoded = self.encode(responses, queries)
         windows, sample = encoded["input_ids"], encoded["sample"]
         order = sorted(range(len(windows)), key=lambda j: len(windows[j]))  # similar lengths → less padding
         window_logits = [0.0] * len(windows)
+        window_categories: list[int | None] = [None] * len(windows)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [windows[j] for j in idx]}, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            out = self.model(**batch).logits.squeeze(-1).float().cpu().tolist()
-            for j, value in zip(idx, out):
-                window_logits[j] = value
-        result = [float("-inf")] * len(responses)
+            out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
+            values = out.logits.squeeze(-1).float().cpu().tolist()
+            categories = getattr(out, "category_logits", None)
+            best = categories.argmax(-1).cpu().tolist() if categories is not None else [None] * len(idx)
+            for j, value, cat in zip(idx, values, best):
+                window_logits[j], window_categories[j] = value, cat
+        per_response: list[list[int]] = [[] for _ in responses]
         for j, i in enumerate(sample):
-            result[i] = max(result[i], window_logits[j])
-        return result
+            per_response[i].append(j)
+        return [self._combine([window_logits[j] for j in js], [window_categories[j] for j in js]) for js in per_response]
+
+    def _combine(self, logits: list[float], categories: list[int | None]) -> Detection:
+        """One verdict from a response's window logits; the category is that of its most harmful window."""
+        top = max(range(len(logits)), key=logits.__getitem__)
+        logit = logits[top] - (math.log(len(logits)) if self.config.combine == "max_corrected" else 0.0)
+        cat = categories[top]
+        return Detection(
+            score=1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0,
+            category=self.config.categories[cat] if cat is not None and self.config.categories else None,
+            window_scores=[1.0 / (1.0 + math.exp(-v)) if v > -700 else 0.0 for v in logits],
+        )
 
     def score(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32) -> list[float]:
         """P(harmful) per response, in [0, 1]."""
-        logits = self.logits(responses, queries, batch_size)
-        return torch.sigmoid(torch.tensor(logits, dtype=torch.float64)).tolist() if logits else []
+        return [d.score for d in self.detect(responses, queries, batch_size)]
 
     def is_harmful(self, responses: Sequence[str], queries: Sequence[str | None] | None = None) -> list[bool]:
         """True where P(harmful) reaches the calibrated threshold."""

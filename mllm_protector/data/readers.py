@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from ..config import data_dir
 from ..errors import DatasetError
+from .labelled import labelled_sets, read_labelled_set
 from .records import HARMFUL, HARMLESS, Corpus, Example, Pair
 
 log = logging.getLogger(__name__)
@@ -547,15 +548,18 @@ SOURCES: dict[str, Callable[[Path], Corpus]] = {
 
 def load_corpus(root: Path | None = None, sources: Sequence[str] | None = None) -> Corpus:
     """Read the named sources (default: all of `SOURCES`) from the data folder into one deduplicated
-    corpus; `root` defaults to `config.data_dir()` (option, MLLM_PROTECTOR_DATA, ../shared/data)."""
+    corpus; `root` defaults to `config.data_dir()` (option, MLLM_PROTECTOR_DATA, ../shared/data).
+    A name may also be a folder of `labelled_responses/` (e.g. `do_not_answer_en`)."""
     folder = data_dir(root)
     if not folder.is_dir():
         raise DatasetError(f"data folder {folder} not found: {_HINT}")
     names = list(SOURCES) if sources is None else list(sources)
-    unknown = [name for name in names if name not in SOURCES]
+    sets = labelled_sets(folder)
+    unknown = [name for name in names if name not in SOURCES and name not in sets]
     if unknown:
-        raise DatasetError(f"unknown data source(s) {', '.join(unknown)}: choose from {', '.join(SOURCES)}")
-    return _deduplicate(sum((SOURCES[name](folder) for name in names), Corpus()))
+        raise DatasetError(f"unknown data source(s) {', '.join(unknown)}: choose from {', '.join([*SOURCES, *sets])}")
+    corpora = (SOURCES[name](folder) if name in SOURCES else read_labelled_set(folder, name) for name in names)
+    return _deduplicate(sum(corpora, Corpus()))
 
 
 def _first_of(items: list[T], key: Callable[[T], Hashable]) -> list[T]:

@@ -89,6 +89,43 @@ def detector(
         typer.echo(json.dumps(report.get("validation", {}).get("overall", {}), indent=2))
 
 
+@app.command("probe")
+def probe_command(
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder to save the trained probe detector in."),
+    features: Path = typer.Option(Path("runs/loso"), help="Feature cache folder (built here when missing)."),
+    backbone: str = typer.Option("minilm-l6", help="Frozen backbone: alias, local path or hub id."),
+    data_dir_: Optional[Path] = typer.Option(None, "--data-dir", help="Shared data folder (default ../shared/data)."),
+    sources: Optional[str] = typer.Option(None, help="Comma-separated sources (default: all but hh_rlhf, plus every labelled set)."),
+    cap: int = typer.Option(1000, help="At most this many examples per English (source, label); cap/4 per other language."),
+    variant: str = typer.Option("query_response", help="response | query_response: what the head reads."),
+    mix: str = typer.Option("all", help="Training rows: all (English) | all_lang | old | no_hard."),
+    c: float = typer.Option(0.05, help="Inverse L2 strength of the logistic-regression heads."),
+    max_length: int = typer.Option(128, help="Tokens per scoring window."),
+    stride: int = typer.Option(32, help="Tokens shared by consecutive windows."),
+    combine: str = typer.Option("max_corrected", help="max | max_corrected (max minus log #windows)."),
+    seed: int = 0,
+) -> None:
+    """Train a probe detector (frozen backbone + linear heads); threshold chosen leave-one-source-out."""
+    from ..data.labelled import labelled_sets
+    from ..data.readers import SOURCES
+    from ..train.probe import build_feature_cache, sample, train_probe
+
+    if variant not in ("response", "query_response"):
+        raise typer.BadParameter(f"--variant must be response or query_response, got {variant!r}")
+    if not (features / f"feat_{variant}.npy").is_file():
+        root = data_dir(data_dir_)
+        names = sources.split(",") if sources else [s for s in SOURCES if s != "hh_rlhf"] + labelled_sets(root)
+        corpus = load_corpus(root, names)
+        build_feature_cache(sample(corpus.examples, cap, seed), features, backbone, [variant])
+    detector_model, report = train_probe(features, variant, mix, c, backbone, max_length, stride, combine)
+    detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
+    detector_model.save_pretrained(output_dir)
+    (output_dir / "training_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    summary = report["loso"]
+    typer.echo(json.dumps({k: summary[k] for k in ("threshold", "loso_mean_auroc", "loso_worst_auroc", "loso_worst_family",
+                                                   "macro_f1", "benign_fpr", "dna_fpr")}, indent=2, default=float))
+
+
 @app.command("calibrate")
 def calibrate_command(
     detector_dir: Path = typer.Argument(..., help="Saved detector folder whose threshold is re-chosen in place."),

@@ -1,0 +1,156 @@
+"""Leave-one-source-out comparison of probe detectors on cached features (see loso_features.py).
+
+For each experiment (input variant, training sources, regularisation) and each source family, a head
+is fitted on every other family and scores the held-out one. The table gives each family's held-out
+AUROC, the mean and worst over the English families with both labels, and F1 / FPR at one threshold
+chosen on the pooled held-out scores (so it transfers: it is never tuned on the family it is applied to):
+best macro-F1 with FPR ≤ 2% on benign answers and ≤ 5% on Do-Not-Answer's harmless answers.
+Usage: python benchmarks/detector_loso.py --features runs/loso --out docs/results/detector_loso.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mllm_protector.train.loso import (
+    BENIGN, FAMILY, HARD_NEGATIVE_SOURCES, OLD_SOURCES, Data, choose_transfer_threshold, loso_scores, summarize,
+)
+
+#: name → (feature variants concatenated, training-source filter, C, what it tests)
+EXPERIMENTS: dict[str, tuple[tuple[str, ...], str, float, str]] = {
+    "probe R, old sources": (("response",), "old", 0.05, "data breadth: the sources the shipped detector saw"),
+    "probe R, all sources": (("response",), "all", 0.05, "data breadth: every English set, source-balanced"),
+    "probe R, all, no hard negatives": (("response",), "no_hard", 0.05, "hard negatives (refusals, disclaimers) removed"),
+    "probe Q+R (separate), all": (("response", "query"), "all", 0.05, "query and response encoded apart"),
+    "probe QR (joint), all": (("query_response",), "all", 0.05, "query + response in one sequence"),
+    "probe QR+R, all": (("query_response", "response"), "all", 0.05, "joint and response-only features"),
+    "probe QR+R, all, C=0.01": (("query_response", "response"), "all", 0.01, "stronger regularisation"),
+    "probe QR+R, all, C=0.2": (("query_response", "response"), "all", 0.2, "weaker regularisation"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=Path, default=Path("runs/loso"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results/detector_loso.md"))
+    parser.add_argument("--baseline", default=None, help="also score a saved detector (e.g. the shipped v1) on ≤200 rows per family and label")
+    parser.add_argument("--only", action="append", default=[], help="an experiment name to run (repeatable; default: all)")
+    args = parser.parse_args()
+    data = Data.load(args.features)
+    results = {}
+    names = [n for n in EXPERIMENTS if not args.only or n in args.only]
+    for name in names:
+        variants, train_filter, c, _ = EXPERIMENTS[name]
+        if not all((args.features / f"feat_{v}.npy").is_file() for v in variants):
+            print(f"skip {name}: features missing", flush=True)
+            continue
+        t0 = time.time()
+        keep = data.train_mask(train_filter)
+        oof = loso_scores(data, variants, keep, c)
+        threshold = choose_transfer_threshold(data, oof)
+        results[name] = {**summarize(data, oof, threshold), "wall_s": time.time() - t0, "c": c,
+                         "variants": variants, "train": train_filter, "ms_per_answer": ms_per_answer(data, variants)}
+        r = results[name]
+        print(f"{name}: mean {r['loso_mean_auroc']:.3f} worst {r['loso_worst_auroc']:.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    if args.baseline:
+        results[f"baseline: {args.baseline}"] = baseline(data, args.baseline)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    args.out.write_text(render(results, data, " ".join(["python", *sys.argv])))
+
+
+_SPEED: dict[str, float] = {}
+
+
+def ms_per_answer(data: Data, variants: tuple[str, ...], n: int = 200) -> float:
+    """Scoring cost of a probe reading these variants: backbone passes over n answers (one per variant), ms each."""
+    import torch
+
+    from mllm_protector.detector import DetectorConfig
+    from mllm_protector.models import load_tokenizer
+    from mllm_protector.probe import build_probe
+    from mllm_protector.train.probe import LAYERS, VARIANTS, extract_features
+
+    total = 0.0
+    for v in variants:
+        if v not in _SPEED:
+            torch.set_num_threads(2)
+            rows = [data.rows[i] for i in np.random.default_rng(0).choice(len(data.rows), n, replace=False)]
+            probe, tokenizer = build_probe("minilm-l6", LAYERS), load_tokenizer("minilm-l6")
+            fmt = "query_response" if v == "query_response" else "response"
+            config = DetectorConfig(max_length=VARIANTS[v], stride=16, input_format=fmt)  # type: ignore[arg-type]
+            texts = [r["query"] or "" for r in rows] if v == "query" else [r["response"] for r in rows]
+            t0 = time.perf_counter()
+            extract_features(probe, tokenizer, config, texts, [r["query"] for r in rows] if fmt == "query_response" else None)
+            _SPEED[v] = (time.perf_counter() - t0) * 1000 / n
+        total += _SPEED[v]
+    return total
+
+
+def baseline(data: Data, name: str, per_cell: int = 200) -> dict:
+    """A saved detector's scores on a stratified subsample (its own threshold); families it trained on are in-distribution."""
+    from mllm_protector.detector import HarmDetector
+
+    t0 = time.time()
+    rng = np.random.default_rng(0)
+    keep = np.zeros(len(data.rows), bool)
+    for fam in set(data.families):
+        for label in (0, 1):
+            idx = np.flatnonzero((data.families == fam) & (data.labels == label) & data.english)
+            keep[rng.choice(idx, size=min(per_cell, len(idx)), replace=False)] = True
+    detector = HarmDetector.from_pretrained(name)
+    idx = np.flatnonzero(keep)
+    scores = np.array(detector.score([data.rows[i]["response"] for i in idx], [data.rows[i]["query"] for i in idx]))
+    logits = np.full(len(data.rows), np.nan)
+    logits[idx] = np.log(np.clip(scores, 1e-12, 1 - 1e-12) / np.clip(1 - scores, 1e-12, 1))
+    sub = data.subset(idx)
+    return {**summarize(sub, logits[idx], detector.threshold), "wall_s": time.time() - t0, "c": None,
+            "variants": [], "train": "its own training data", "ms_per_answer": (time.time() - t0) * 1000 / len(idx)}
+
+
+def render(results: dict, data: Data, command: str) -> str:
+    """Markdown: one summary row per experiment, then held-out AUROC per family and experiment."""
+    lines = [
+        "# Detector: leave-one-source-out (LOSO) experiments",
+        "",
+        f"Command: `{command}` (features: `python benchmarks/loso_features.py --out runs/loso`).",
+        "",
+        f"{len(data.labels)} examples from {len(set(data.families))} source families "
+        f"(related sets share a family and are held out together: {', '.join(f'{k} → {v}' for k, v in FAMILY.items())}). "
+        "Each head is fitted on every family but one and scores the held-out one; "
+        f"mean/worst are over the {len(data.loso_families())} English families with both labels. "
+        "The threshold is chosen once on the pooled held-out scores (best macro-F1 with FPR ≤ 2% on benign "
+        f"answers ({', '.join(BENIGN)}) and ≤ 5% on Do-Not-Answer's harmless answers).",
+        "",
+        "| experiment | what it tests | LOSO mean AUROC | worst (family) | macro-F1 @thr | benign FPR | DNA harmless FPR | threshold | ms/answer | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        what = EXPERIMENTS[name][3] if name in EXPERIMENTS else "the shipped fine-tuned LoRA detector (its training sources are in-distribution, the rest unseen; ≤200 rows per family and label)"
+        lines.append(
+            f"| {name} | {what} | {r['loso_mean_auroc']:.3f} | {r['loso_worst_auroc']:.3f} ({r['loso_worst_family']}) "
+            f"| {r['macro_f1']:.3f} | {r['benign_fpr']:.3f} | {r['dna_fpr']:.3f} | {r['threshold']:.3f} | {r['ms_per_answer']:.1f} | {r['wall_s']:.0f} |"
+        )
+    families = data.loso_families()
+    lines += ["", "## Held-out AUROC per family", "",
+              "| family | n | harmful | " + " | ".join(results) + " |",
+              "|---|---|---|" + "---|" * len(results)]
+    for fam in families:
+        idx = data.family_index(fam, english=True)
+        row = [fam, str(len(idx)), str(int(data.labels[idx].sum()))]
+        row += [f"{r['by_family'][fam]['auroc']:.3f}" if fam in r["by_family"] else "n/a" for r in results.values()]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"Hard negatives removed in the `no_hard` mix: {', '.join(HARD_NEGATIVE_SOURCES)}. "
+              f"Old sources: {', '.join(OLD_SOURCES)}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Leave-one-source-out protocol for probe heads: held-out scores, a transferable threshold, a summary.
+
+Every source family is held out in turn; a head fitted on the others scores it. The pooled held-out
+scores then choose one threshold (best macro-F1 under false-positive caps on benign answers and on
+Do-Not-Answer's harmless answers), which is what a new, unseen source will meet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..eval.metrics import auroc, threshold_metrics
+from .probe import balanced_weights, fit_head
+
+#: Sets that share questions or annotation are held out together.
+FAMILY = {
+    "pku_saferlhf_mini_jbeval": "pku_saferlhf",
+    "fractured_sorry_bench_decomposed": "sorry_bench",
+    "fractured_sorry_bench_vanilla": "sorry_bench",
+}
+#: Benign traffic: the false-positive budget of the shipped threshold is measured here.
+BENIGN = ("vicuna80", "llava_coco", "vlguard")
+#: Harmless answers to risky questions (refusals naming the harm, disclaimers, partial compliance).
+HARD_NEGATIVE_SOURCES = ("do_not_answer_en", "safety_tuned_llamas")
+#: What the v1 detector was trained on.
+OLD_SOURCES = ("mmsb_gemini", "figstep_qwen", "jailbreakbench", "pku_saferlhf", "safety_tuned_llamas", "vlguard",
+               "vicuna80", "llava_coco", "llava_wild")
+MAX_BENIGN_FPR = 0.02
+MAX_DNA_FPR = 0.05
+
+
+def family_of(source: str) -> str:
+    """The family a source is held out with."""
+    return FAMILY.get(source, source)
+
+
+@dataclass
+class Data:
+    """Cached examples (metadata) and their feature matrices, one per input variant."""
+
+    rows: list[dict[str, Any]]
+    folder: Path
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path) -> "Data":
+        with (folder / "examples.jsonl").open() as handle:
+            return cls([json.loads(line) for line in handle], folder)
+
+    def __post_init__(self) -> None:
+        self.labels = np.array([r["label"] for r in self.rows])
+        self.sources = np.array([r["source"] for r in self.rows])
+        self.families = np.array([family_of(r["source"]) for r in self.rows])
+        self.english = np.array([r.get("lang", "en") == "en" for r in self.rows])
+
+    def subset(self, idx: np.ndarray) -> "Data":
+        """The rows at `idx` (features are not carried over)."""
+        return Data([self.rows[i] for i in idx], self.folder)
+
+    def matrix(self, variants: Sequence[str]) -> np.ndarray:
+        """Features of the given variants side by side (float32)."""
+        for v in variants:
+            if v not in self.features:
+                self.features[v] = np.load(self.folder / f"feat_{v}.npy").astype(np.float32)
+        return np.concatenate([self.features[v] for v in variants], axis=1)
+
+    def train_mask(self, mix: str) -> np.ndarray:
+        """Rows a head may train on: `all` (English), `all_lang`, `old` (v1's sources), `no_hard`."""
+        if mix == "all_lang":
+            return np.ones(len(self.rows), bool)
+        if mix == "old":
+            return self.english & np.isin(self.sources, OLD_SOURCES)
+        if mix == "no_hard":
+            return self.english & ~np.isin(self.sources, HARD_NEGATIVE_SOURCES)
+        if mix == "all":
+            return self.english.copy()
+        raise ValueError(f"unknown training mix {mix!r}")
+
+    def family_index(self, family: str, english: bool = False) -> np.ndarray:
+        mask = self.families == family
+        return np.flatnonzero(mask & self.english if english else mask)
+
+    def loso_families(self) -> list[str]:
+        """English families with both labels: the ones an AUROC is reported for."""
+        fams = sorted(set(self.families[self.english]))
+        return [f for f in fams if len(set(self.labels[self.family_index(f, english=True)])) == 2]
+
+
+def loso_scores(data: Data, variants: Sequence[str], keep: np.ndarray, c: float) -> np.ndarray:
+    """Held-out logit of every example: each family scored by a head fitted without it."""
+    x = data.matrix(variants)
+    out = np.zeros(len(data.rows))
+    cache: dict[bytes, Any] = {}
+    for family in sorted(set(data.families)):
+        test = data.families == family
+        train = keep & ~test
+        key = np.packbits(train).tobytes()
+        if key not in cache:
+            mean, scale, model = fit_head(x[train], data.labels[train], balanced_weights(data.sources[train], data.labels[train]), c)
+            cache = {key: (mean, scale, model)}  # folds rarely repeat; keep memory flat
+        mean, scale, model = cache[key]
+        out[test] = model.decision_function((x[test] - mean) / scale)
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -700, 700)))
+
+
+def choose_transfer_threshold(data: Data, logits: np.ndarray) -> float:
+    """Best macro-F1 over the LOSO families with benign FPR ≤ 2% and Do-Not-Answer harmless FPR ≤ 5%."""
+    scores = _sigmoid(logits)
+    benign = np.isin(data.sources, BENIGN) & (data.labels == 0)
+    dna = (data.sources == "do_not_answer_en") & (data.labels == 0)
+    fams = [data.family_index(f, english=True) for f in data.loso_families()]
+    best = (-1.0, 0.5)
+    for t in np.unique(np.quantile(scores, np.linspace(0.0, 1.0, 801))):
+        pred = scores >= t
+        if benign.any() and pred[benign].mean() > MAX_BENIGN_FPR:
+            continue
+        if dna.any() and pred[dna].mean() > MAX_DNA_FPR:
+            continue
+        f1 = np.mean([threshold_metrics(data.labels[i], scores[i], t)["f1"] for i in fams])
+        best = max(best, (float(f1), float(t)))
+    return best[1]
+
+
+def summarize(data: Data, logits: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Per-family AUROC and metrics at `threshold`, LOSO mean/worst, benign and DNA FPR, per language."""
+    scores = _sigmoid(logits)
+    by_family = {}
+    for fam in sorted(set(data.families)):
+        idx = data.family_index(fam, english=True)
+        if len(idx):
+            by_family[fam] = {"n": len(idx), "auroc": auroc(data.labels[idx], scores[idx]),
+                              **threshold_metrics(data.labels[idx], scores[idx], threshold)}
+    loso = {f: by_family[f]["auroc"] for f in data.loso_families()}
+    worst = min(loso, key=loso.__getitem__)
+    benign = np.isin(data.sources, BENIGN) & (data.labels == 0)
+    dna = (data.sources == "do_not_answer_en") & (data.labels == 0)
+    by_lang = {}
+    for lang in sorted({r.get("lang", "en") for r in data.rows}):
+        idx = np.flatnonzero(np.array([r.get("lang", "en") == lang for r in data.rows]))
+        m = threshold_metrics(data.labels[idx], scores[idx], threshold)
+        by_lang[lang] = {"n": len(idx), "auroc": auroc(data.labels[idx], scores[idx]), "recall": m["recall"], "fpr": m["fpr"]}
+    return {
+        "threshold": threshold,
+        "loso_mean_auroc": float(np.mean(list(loso.values()))),
+        "loso_worst_auroc": loso[worst],
+        "loso_worst_family": worst,
+        "macro_f1": float(np.mean([by_family[f]["f1"] for f in loso if not math.isnan(by_family[f]["f1"])])),
+        "benign_fpr": float((scores[benign] >= threshold).mean()) if benign.any() else math.nan,
+        "dna_fpr": float((scores[dna] >= threshold).mean()) if dna.any() else math.nan,
+        "by_family": by_family,
+        "by_lang": by_lang,
+    }
