@@ -153,7 +153,7 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
-def report(args: argparse.Namespace, phases: dict[str, Phase], health: dict[str, Any], metrics_text: str, command: str) -> str:
+def report(args: argparse.Namespace, phases: dict[str, Phase], guard: dict[str, Any], metrics_text: str, command: str) -> str:
     rows = []
     for mode in ("chat", "stream"):
         direct, proxied = phases[f"direct-{mode}"], phases[f"proxy-{mode}"]
@@ -176,7 +176,7 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], health: dict[str,
         f"{args.clients} concurrent clients × {args.requests} requests per phase, loopback only; every 10th request's "
         "upstream answer is harmful. Upstream: a scripted OpenAI-compatible app answering fixed texts (so upstream "
         "time is near zero and the table shows the proxy's own cost). Proxy: `mllm-protector serve`, shipped "
-        f"detector (threshold {health.get('threshold', float('nan')):.3f}), refusal detoxifier, default stream window "
+        f"detector (threshold {guard.get('threshold', float('nan')):.3f}), refusal detoxifier, default stream window "
         "(sentence, 80–400 chars), fail-closed.",
         "",
         f"Command: `{command}`",
@@ -212,7 +212,7 @@ async def main_async(args: argparse.Namespace) -> int:
         log = open(args.proxy_log, "wb")
         procs.append(subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}))
         wait_ready(f"http://{LOOPBACK}:{proxy_port}/health", 300, procs[-1])
-        health = httpx.get(f"http://{LOOPBACK}:{proxy_port}/health").json()
+        guard = httpx.post(f"http://{LOOPBACK}:{proxy_port}/v1/guard", json={"response": BENIGN}, timeout=60).json()
         phases: dict[str, Phase] = {}
         # Warm-up (not measured): first detector calls and connection set-up.
         await run_phase("warmup", proxy_url, False, 4, 3, args.timeout)
@@ -233,7 +233,7 @@ async def main_async(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     command = "python benchmarks/proxy_load.py" + "".join(f" {a}" for a in map(shlex.quote, sys.argv[1:]))
-    text = report(args, phases, health, metrics_text, command)
+    text = report(args, phases, guard, metrics_text, command)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)
     print(text)
