@@ -307,7 +307,7 @@ def build_protector(detector: str = "default", detoxifier: str = "lm", detox_mod
     elif detoxifier.startswith(("http://", "https://")):
         detox = OpenAIDetoxifier(detoxifier, detox_model, timeout=detox_timeout)
     else:
-        raise InputError(f"unknown detoxifier '{detoxifier}': use lm, refusal or an http(s) base URL")
+        raise InputError(f"unknown --detoxifier / guard.detoxifier '{detoxifier}': use lm, refusal or an http(s) base URL")
     return Protector(HarmDetector.from_pretrained(detector), detox, settings)
 
 
