@@ -258,10 +258,12 @@ def hostile_bodies():
     scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | text
     value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
                          max_leaves=12)
-    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "wizard"]) | value,
-                                     "content": value | text})
-    chat = st.fixed_dictionaries({"model": st.just("benign") | value, "messages": st.lists(message, max_size=3) | value},
-                                 optional={"max_tokens": value, "temperature": value, "stream": value, "n": value})
+    number = st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.just(1e999)
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]), "content": text}) | \
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "wizard"]) | value, "content": value | text})
+    chat = st.fixed_dictionaries({"model": st.just("benign") | value, "messages": st.lists(message, min_size=1, max_size=3) | value},
+                                 optional={"max_tokens": number | value, "temperature": number | value,
+                                           "stream": st.booleans() | value, "n": value})
     guard = st.fixed_dictionaries({"response": text | value}, optional={"query": value, "detoxify": value})
     nested = st.integers(1, 5000).map(lambda depth: "[" * depth + "]" * depth)
     return st.one_of(chat.map(lambda b: ("/v1/chat/completions", json.dumps(b))),
