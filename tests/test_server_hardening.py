@@ -25,6 +25,7 @@ from mllm_protector.config import DEFAULT_REFUSAL
 from mllm_protector.errors import InputError
 from mllm_protector.server.app import create_app
 from mllm_protector.server.config import load_config
+from mllm_protector.server.guard import FairQueue
 
 from .conftest import BENIGN, HARMFUL
 from .servers import ServerThread, scripted_upstream
@@ -174,6 +175,16 @@ def test_a_400_kb_guard_body_is_413_and_does_not_starve_others(proxy):
         reply = big.result()
     assert reply.status_code == 413 and "budget" in reply.json()["error"]["message"] and reply.headers["x-request-id"]
     assert benign.json()["protector"]["action"] == "pass" and benign_s < 5
+
+
+def test_detector_queue_serves_clients_round_robin():
+    """One client's many queued checks do not starve another's (old code: one FIFO queue for everyone)."""
+    queue = FairQueue()
+    for i in range(3):
+        queue.put("key:flood", f"a{i}")
+    queue.put("key:other", "b0")
+    queue.put("key:flood", "a3")
+    assert [queue.get_nowait() for _ in range(5)] == ["a0", "b0", "a1", "a2", "a3"] and queue.empty()
 
 
 def test_answers_over_the_detector_budget_are_refused(guard, upstream):

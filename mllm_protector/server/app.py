@@ -215,7 +215,7 @@ def _install_routes(app: FastAPI, state: ProxyState) -> None:
             guard = state.ready_guard()
             req = validate(GuardRequest, await gate.read_json(request))
             gate.within_budget(req.response, req.query)
-            verdict = await guard.protect(req.query, req.response, req.category, req.detoxify)
+            verdict = await guard.protect(req.query, req.response, req.category, req.detoxify, owner=key_id)
         finally:
             release()
         metrics.verdicts.labels(verdict.action, "guard").inc()

@@ -102,7 +102,7 @@ class ChatService:
         async def protect(text: str) -> Verdict:
             if not text.strip():
                 return Verdict(text=text, original=text, harmful=False, score=None, action="pass")
-            return await guard.protect(ctx.query, text, ctx.category)
+            return await guard.protect(ctx.query, text, ctx.category, owner=ctx.key_id)
 
         return list(await asyncio.gather(*(protect(t) for t in texts)))
 
@@ -116,7 +116,7 @@ class ChatService:
         relay = StreamRelay(guard, self.config.stream, ctx.query, ctx.category, ctx.model, ctx.rid,
                             on_window=lambda result: metrics.stream_windows.labels(result).inc(),
                             tools=self.config.guard.tool_calls, max_chars=self.config.guard.max_request_chars,
-                            redact=self.upstream.redact)
+                            redact=self.upstream.redact, owner=ctx.key_id)
         received: list[str] = []
 
         async def lines() -> AsyncIterator[str]:

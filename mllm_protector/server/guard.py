@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -46,6 +47,38 @@ def protector_from_config(guard: GuardConfig, stream: StreamConfig) -> Protector
                                  fail_mode=guard.fail_mode, window_threshold=stream.window_threshold,
                                  context_threshold=stream.context_threshold, context_chars=stream.context_chars)
     return build_protector(guard.detector, guard.detoxifier, guard.detox_model, settings, guard.detox_timeout)
+
+
+class FairQueue:
+    """Jobs taken round-robin across owners (API keys or client addresses), so one client's many or large
+    checks cannot starve another's: an owner's next job waits behind at most one job of every other owner."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, deque[Any]] = {}  # insertion order is the round-robin order
+        self._ready = asyncio.Event()
+
+    def put(self, owner: str, job: Any) -> None:
+        self._owners.setdefault(owner, deque()).append(job)
+        self._ready.set()
+
+    def empty(self) -> bool:
+        return not self._owners
+
+    def get_nowait(self) -> Any:
+        """The next owner's oldest job; that owner moves to the back of the round."""
+        owner = next(iter(self._owners))
+        jobs = self._owners.pop(owner)
+        job = jobs.popleft()
+        if jobs:
+            self._owners[owner] = jobs
+        if not self._owners:
+            self._ready.clear()
+        return job
+
+    async def get(self) -> Any:
+        while self.empty():
+            await self._ready.wait()
+        return self.get_nowait()
 
 
 @dataclass
@@ -83,15 +116,15 @@ class AsyncGuard:
         self.refusal: str = protector.refusal
         self._score_pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="guard-detector")
         self._detox_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-detox")
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._detox_queue: asyncio.Queue[_DetoxJob] | None = None
+        self._queue: FairQueue | None = None
+        self._detox_queue: FairQueue | None = None
         self._workers: list[asyncio.Task] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the batch workers in the running loop (idempotent)."""
         if self._queue is None:
-            self._queue, self._detox_queue = asyncio.Queue(), asyncio.Queue()
+            self._queue, self._detox_queue = FairQueue(), FairQueue()
             self._workers = [asyncio.create_task(self._batch_worker(), name=f"guard-batch-{i}") for i in range(self.cfg.workers)]
             self._workers.append(asyncio.create_task(self._detox_worker(), name="guard-detox"))
 
@@ -105,7 +138,7 @@ class AsyncGuard:
 
     # --- scheduling -----------------------------------------------------------------------------
     @staticmethod
-    async def _serve(queue: asyncio.Queue, take: Callable[[list[Any], Any], bool], pool: ThreadPoolExecutor,
+    async def _serve(queue: FairQueue, take: Callable[[list[Any], Any], bool], pool: ThreadPoolExecutor,
                      fn: Callable[[list[Any]], list[Any]]) -> None:
         """Forever: take queued jobs while `take(batch, job)` allows, run `fn(jobs)` in `pool`, resolve each future."""
         loop = asyncio.get_running_loop()
@@ -171,12 +204,13 @@ class AsyncGuard:
                           lambda jobs: self.protector.detoxify_batch([j.query for j in jobs], [j.verdict for j in jobs],
                                                                      [j.category for j in jobs], [j.prefix for j in jobs]))
 
-    async def score(self, items: list[tuple[Optional[str], str]]) -> list[Score]:
-        """Scores of (query, text) items, batched with concurrent checks; a timeout or error is a Failure per item."""
+    async def score(self, items: list[tuple[Optional[str], str]], owner: str = "") -> list[Score]:
+        """Scores of (query, text) items, batched with concurrent checks (round-robin across owners); a
+        timeout or error is a Failure per item."""
         self.start()
         assert self._queue is not None
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(items, future))
+        self._queue.put(owner, _Job(items, future))
         try:
             scores: list[Score] = await asyncio.wait_for(future, self.cfg.detector_timeout)
         except TimeoutError:
@@ -188,21 +222,21 @@ class AsyncGuard:
         return scores
 
     # --- Protector calls ------------------------------------------------------------------------
-    async def check(self, query: Optional[str], text: str) -> Verdict:
+    async def check(self, query: Optional[str], text: str, owner: str = "") -> Verdict:
         """The Protector's verdict on one whole answer, without detoxifying (pass, flagged, refused, unchecked)."""
         t0 = time.perf_counter()
-        verdict = self.protector.decide(text, (await self.score([(query, text)]))[0])
+        verdict = self.protector.decide(text, (await self.score([(query, text)], owner))[0])
         verdict.timings["detect_ms"] = (time.perf_counter() - t0) * 1000
         return verdict
 
-    async def check_window(self, query: Optional[str], approved: str, window: str) -> Verdict:
+    async def check_window(self, query: Optional[str], approved: str, window: str, owner: str = "") -> Verdict:
         """The Protector's verdict on one stream window, judged alone and after the approved answer."""
         alone, in_context = self.protector.window_texts(approved, window)
-        scores = await self.score([(query, alone), (query, in_context)])
+        scores = await self.score([(query, alone), (query, in_context)], owner)
         return self.protector.decide_window(window, scores[0], scores[1])
 
     async def detoxify(self, query: Optional[str], verdict: Verdict, category: Optional[str] = None,
-                       original: Optional[str] = None, prefix: str = "") -> Verdict:
+                       original: Optional[str] = None, prefix: str = "", owner: str = "") -> Verdict:
         """Replace a flagged verdict's text (its `original`, or `original` given here) with a checked rewrite,
         the refusal when that fails or times out; `prefix` is what a streaming client already has."""
         if verdict.action != "flagged":
@@ -213,7 +247,7 @@ class AsyncGuard:
         self.start()
         assert self._detox_queue is not None
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._detox_queue.put(_DetoxJob(query, verdict, category, prefix, future))
+        self._detox_queue.put(owner, _DetoxJob(query, verdict, category, prefix, future))
         try:
             result: Verdict = await asyncio.wait_for(future, self.cfg.detox_timeout)
         except TimeoutError:
@@ -237,10 +271,10 @@ class AsyncGuard:
         return self.protector.fail(text, Failure("budget", "limit", message))
 
     async def protect(self, query: Optional[str], text: str, category: Optional[str] = None,
-                      detoxify: bool = True) -> Verdict:
+                      detoxify: bool = True, owner: str = "") -> Verdict:
         """Check one answer; a flagged one is detoxified (or, with detoxify=False, stays `flagged`: the refusal)."""
-        verdict = await self.check(query, text)
-        return await self.detoxify(query, verdict, category) if detoxify else verdict
+        verdict = await self.check(query, text, owner)
+        return await self.detoxify(query, verdict, category, owner=owner) if detoxify else verdict
 
 
 def verdict_info(verdict: Verdict) -> dict[str, Any]:

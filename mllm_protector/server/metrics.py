@@ -35,7 +35,7 @@ class Metrics:
                                           ["mode"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter("mllm_protector_upstream_errors", "Upstream failures by kind "
                                        "(unreachable, timeout, status, protocol).", ["kind"], registry=r)
-        self.guard_failures = Counter("mllm_protector_guard_failures", "Detector/detoxifier errors and timeouts.",
+        self.guard_failures = Counter("mllm_protector_guard_failures", "Detector/detoxifier errors and timeouts, and answers over the detector budget.",
                                       ["stage", "kind"], registry=r)
         self.stream_windows = Counter("mllm_protector_stream_windows", "Streaming hold-back windows checked, by result.",
                                       ["result"], registry=r)

@@ -96,7 +96,8 @@ class StreamRelay:
 
     def __init__(self, guard: AsyncGuard, cfg: StreamConfig, query: str, category: Optional[str],
                  model: Optional[str], request_id: str, on_window: Callable[[str], None] | None = None,
-                 tools: str = "check", max_chars: Optional[int] = None, redact: Callable[[str], str] = str):
+                 tools: str = "check", max_chars: Optional[int] = None, redact: Callable[[str], str] = str,
+                 owner: str = ""):
         self.guard = guard
         self.cfg = cfg
         self.query = query
@@ -107,6 +108,7 @@ class StreamRelay:
         self.tools = tools
         self.max_chars = max_chars
         self.redact = redact  # removes the upstream key from upstream text before it is logged
+        self.owner = owner  # whose detector queue the checks join (round-robin across clients)
         self.hold = HoldBack(cfg)
         self.approved = ""
         self.meta: dict[str, Any] = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": model}
@@ -265,12 +267,13 @@ class StreamRelay:
         """The Protector's verdict on a window; a flagged one is replaced (the detoxifier sees the whole
         answer so far, never released)."""
         t0 = time.perf_counter()
-        verdict = await self.guard.check_window(self.query, self.approved, window)
+        verdict = await self.guard.check_window(self.query, self.approved, window, self.owner)
         self.result.windows += 1
         self.on_window({"pass": "approved", "unchecked": "unchecked", "flagged": "flagged"}.get(verdict.action, "failed"))
         if verdict.action == "flagged":
             whole = self.approved + window + self.hold.flush()
-            verdict = await self.guard.detoxify(self.query, verdict, self.category, original=whole, prefix=self.approved)
+            verdict = await self.guard.detoxify(self.query, verdict, self.category, original=whole, prefix=self.approved,
+                                                owner=self.owner)
         self._note(verdict)
         self.result.guard_ms += (time.perf_counter() - t0) * 1000
         return verdict
