@@ -106,12 +106,18 @@ def protect(
     detox_model: str = typer.Option("smollm2-135m-instruct", help="Model for --detoxifier lm, or model name for a URL."),
     max_rounds: int = typer.Option(2, min=0, help="Detoxify → re-detect rounds before the fixed refusal."),
     threshold: Optional[float] = typer.Option(None, help="Override the detector's calibrated threshold."),
+    allow_category: list[str] = typer.Option([], "--allow-category", help="Harm category to let through (repeatable), e.g. professional_advice."),
     batch_size: int = typer.Option(16, min=1),
     resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
 ) -> None:
     """Check each line's `response` (with `query`, optional `image`) and write back the Verdict fields."""
+    from .categories import CATEGORIES
+
+    unknown = [c for c in allow_category if c not in CATEGORIES]
+    if unknown:
+        fail(f"unknown --allow-category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
     try:
-        guard = _build_protector(detector, detoxifier, detox_model, max_rounds, threshold)
+        guard = _build_protector(detector, detoxifier, detox_model, max_rounds, threshold, tuple(allow_category))
     except ProtectorError as exc:
         fail(str(exc))
 
@@ -153,12 +159,14 @@ def score(
     _run_jsonl(input, output, resume, ("response",), batch_size, lambda line: None, process, "scoring")
 
 
-def _build_protector(detector: str, detoxifier: str, detox_model: str, max_rounds: int, threshold: Optional[float]):
+def _build_protector(detector: str, detoxifier: str, detox_model: str, max_rounds: int, threshold: Optional[float],
+                     allow_categories: tuple[str, ...] = ()):
     """Protector from CLI options (imports here keep `--help` fast)."""
     from .config import ProtectorSettings
     from .protector import build_protector
 
-    return build_protector(detector, detoxifier, detox_model, ProtectorSettings(max_rounds=max_rounds, threshold=threshold))
+    settings = ProtectorSettings(max_rounds=max_rounds, threshold=threshold, allow_categories=allow_categories)
+    return build_protector(detector, detoxifier, detox_model, settings)
 
 
 @app.command()

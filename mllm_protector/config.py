@@ -53,3 +53,4 @@ class ProtectorSettings:
     window_threshold: float | None = None  # a stream window on its own; None: the calibrated default
     context_threshold: float | None = None  # a stream window after the answer so far; None: calibrated default
     context_chars: int = 500  # how much of the answer so far a stream window is judged after
+    allow_categories: tuple[str, ...] = ()  # harm categories this deployment lets through (e.g. professional_advice)

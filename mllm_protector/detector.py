@@ -42,7 +42,8 @@ class DetectorConfig:
 
     `kind` is "classifier" (fine-tuned sequence classifier, LoRA or full) or "probe" (frozen backbone,
     trained heads on the mean-pooled hidden states of `layers`; `categories` names the category head's
-    outputs). `normalize` undoes obfuscations before scoring; `combine` turns window logits into one:
+    outputs). A classifier may carry a category probe on its untuned backbone (`category_weights`, a
+    file in the detector folder), run only on the most harmful window of flagged answers. `normalize` undoes obfuscations before scoring; `combine` turns window logits into one:
     "max", or "max_corrected" (max minus log(number of windows), so a long benign answer is not flagged
     more often than a short one just for having more windows).
     """
@@ -56,6 +57,7 @@ class DetectorConfig:
     kind: Literal["classifier", "probe"] = "classifier"
     layers: list[int] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)
+    category_weights: str | None = None
     normalize: bool = True
     combine: Literal["max", "max_corrected"] = "max"
     label_convention: str = "sigmoid(logit) = P(harmful); 1 = harmful, 0 = harmless"
@@ -191,12 +193,14 @@ class Detection:
 class HarmDetector:
     """Scores responses with P(harmful) in [0, 1]; `is_harmful` applies the calibrated threshold."""
 
-    def __init__(self, model: Any, tokenizer: Any, config: DetectorConfig, device: str | None = None):
+    def __init__(self, model: Any, tokenizer: Any, config: DetectorConfig, device: str | None = None,
+                 category_model: Any = None):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
+        self.category_model = category_model.to(self.device).eval() if category_model is not None else None
 
     @property
     def threshold(self) -> float:
@@ -227,7 +231,13 @@ class HarmDetector:
         else:
             model = load_model(str(path), AutoModelForSequenceClassification, num_labels=1)
             _prepare_backbone(model, tokenizer)
-        return cls(model, tokenizer, config, device)
+        category_model = None
+        if config.kind == "classifier" and config.category_weights:
+            from .probe import build_probe
+
+            category_model = build_probe(config.backbone, config.layers, len(config.categories))
+            category_model.load_heads(path, config.category_weights)
+        return cls(model, tokenizer, config, device, category_model)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """Write weights (LoRA adapter + head, or full model) and the JSON config into `path`."""
@@ -240,6 +250,8 @@ class HarmDetector:
         else:
             extra = {"save_embedding_layers": False} if hasattr(self.model, "peft_config") else {}
             self.model.save_pretrained(str(path), **extra)
+        if self.category_model is not None and self.config.category_weights:
+            self.category_model.save(path, self.config.category_weights)
         self.save_config(path)
 
     def save_config(self, path: str | os.PathLike[str]) -> None:
@@ -251,8 +263,13 @@ class HarmDetector:
         return encode_windows(self.tokenizer, self.config, responses, queries)
 
     @torch.inference_mode()
-    def detect(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32) -> list[Detection]:
-        """Score every window of every response in length-sorted batches; one `Detection` per response."""
+    def detect(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32,
+               categorize: bool = True) -> list[Detection]:
+        """Score every window of every response in length-sorted batches; one `Detection` per response.
+
+        With `categorize`, flagged responses are named a category (by the probe's own head, or by the
+        category probe of a classifier, run on each flagged response's most harmful window).
+        """
         encoded = self.encode(responses, queries)
         windows, sample = encoded["input_ids"], encoded["sample"]
         order = sorted(range(len(windows)), key=lambda j: len(windows[j]))  # similar lengths → less padding
@@ -270,7 +287,22 @@ class HarmDetector:
         per_response: list[list[int]] = [[] for _ in responses]
         for j, i in enumerate(sample):
             per_response[i].append(j)
-        return [self._combine([window_logits[j] for j in js], [window_categories[j] for j in js]) for js in per_response]
+        found = [self._combine([window_logits[j] for j in js], [window_categories[j] for j in js]) for js in per_response]
+        if categorize and self.category_model is not None:
+            flagged = [i for i, d in enumerate(found) if d.score >= self.threshold]
+            tops = [max(per_response[i], key=window_logits.__getitem__) for i in flagged]
+            for i, name in zip(flagged, self._categories([windows[j] for j in tops], batch_size)):
+                found[i].category = name
+        return found
+
+    def _categories(self, windows: list[list[int]], batch_size: int) -> list[str]:
+        """Category names of token windows from the classifier's category probe."""
+        names: list[str] = []
+        for start in range(0, len(windows), batch_size):
+            batch = self.tokenizer.pad({"input_ids": windows[start : start + batch_size]}, return_tensors="pt")
+            out = self.category_model(**{k: v.to(self.device) for k, v in batch.items()})  # type: ignore[misc]
+            names += [self.config.categories[c] for c in out.category_logits.argmax(-1).cpu().tolist()]
+        return names
 
     def _combine(self, logits: list[float], categories: list[int | None]) -> Detection:
         """One verdict from a response's window logits; the category is that of its most harmful window."""
@@ -285,7 +317,7 @@ class HarmDetector:
 
     def score(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32) -> list[float]:
         """P(harmful) per response, in [0, 1]."""
-        return [d.score for d in self.detect(responses, queries, batch_size)]
+        return [d.score for d in self.detect(responses, queries, batch_size, categorize=False)]
 
     def is_harmful(self, responses: Sequence[str], queries: Sequence[str | None] | None = None) -> list[bool]:
         """True where P(harmful) reaches the calibrated threshold."""

@@ -63,17 +63,17 @@ class PooledProbe(torch.nn.Module):
         """Only the trained parts (standardisation + heads); the backbone is the public checkpoint."""
         return {k: v.detach().float().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the head weights to `path/probe.safetensors`."""
+    def save(self, path: str | os.PathLike[str], name: str = WEIGHTS_NAME) -> None:
+        """Write the head weights to `path/name`."""
         from safetensors.torch import save_file
 
-        save_file(self.head_state(), str(Path(path) / WEIGHTS_NAME))
+        save_file(self.head_state(), str(Path(path) / name))
 
-    def load_heads(self, path: str | os.PathLike[str]) -> None:
+    def load_heads(self, path: str | os.PathLike[str], name: str = WEIGHTS_NAME) -> None:
         """Read the head weights saved by `save`."""
         from safetensors.torch import load_file
 
-        self.load_state_dict(load_file(str(Path(path) / WEIGHTS_NAME)), strict=False)
+        self.load_state_dict(load_file(str(Path(path) / name)), strict=False)
 
 
 def build_probe(backbone_name: str, layers: Sequence[int], n_categories: int = 0) -> PooledProbe:

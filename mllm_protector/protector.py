@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from .config import ProtectorSettings
-from .detector import HarmDetector
+from .detector import Detection, HarmDetector
 from .detoxifier import Detoxifier, LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
 from .errors import InputError, ProtectorError
 from .mllm import MLLM
@@ -125,32 +125,40 @@ class Protector:
     def score(self, queries: Sequence[str | None], responses: Sequence[str]) -> list[Score]:
         """P(harmful) per response in one batch; a text the detector cannot score becomes a `Failure` on
         its own (the batch is retried item by item), so one bad input never fails the others."""
+        return [d if isinstance(d, Failure) else d.score for d in self.detect(queries, responses, categorize=False)]
+
+    def detect(self, queries: Sequence[str | None], responses: Sequence[str], categorize: bool = True) -> list[Detection | Failure]:
+        """Like `score`, keeping the detector's harm category of flagged answers (when it names one)."""
         if len(queries) != len(responses):
             raise ProtectorError(f"got {len(queries)} queries but {len(responses)} responses")
         texts = [clean_text(r) for r in responses]
         plain = [clean_text(q) if q else q for q in queries]
         try:
-            values = self.detector.score(texts, self._detector_queries(plain))
-            if len(values) != len(texts):
-                raise RuntimeError(f"{len(values)} scores for {len(texts)} texts")
+            found = self.detector.detect(texts, self._detector_queries(plain), categorize=categorize)
+            if len(found) != len(texts):
+                raise RuntimeError(f"{len(found)} scores for {len(texts)} texts")
         except Exception as exc:  # any detector error must stay with the item that caused it
             if len(texts) == 1:
                 logger.warning("detector failed on one text: %s: %s", type(exc).__name__, str(exc)[:200])
                 return [Failure("detector", "error", f"detector failed: {type(exc).__name__}")]
-            return [s for q, t in zip(plain, texts, strict=True) for s in self.score([q], [t])]
-        return [float(v) if math.isfinite(v) and 0.0 <= v <= 1.0
-                else Failure("detector", "error", f"detector returned an invalid score ({v!r})") for v in values]
+            return [d for q, t in zip(plain, texts, strict=True) for d in self.detect([q], [t], categorize)]
+        return [d if math.isfinite(d.score) and 0.0 <= d.score <= 1.0
+                else Failure("detector", "error", f"detector returned an invalid score ({d.score!r})") for d in found]
 
     def _detector_queries(self, queries: Sequence[str | None]) -> list[str | None] | None:
         """Queries go to the detector only when it was trained with them."""
         return list(queries) if self.detector.config.input_format == "query_response" else None
 
     # --- decisions ----------------------------------------------------------------------------------
-    def decide(self, text: str, score: Score) -> Verdict:
-        """Threshold one scored answer: `pass`, `flagged` (text becomes the refusal), or the failure policy."""
+    def decide(self, text: str, score: Score, category: str | None = None) -> Verdict:
+        """Threshold one scored answer: `pass`, `flagged` (text becomes the refusal), or the failure policy.
+        A flagged answer whose `category` the deployment allows (`allow_categories`) passes, category kept."""
         if isinstance(score, Failure):
             return self.fail(text, score)
-        return self._verdict(text, score, score >= self.threshold)
+        flagged = score >= self.threshold
+        verdict = self._verdict(text, score, flagged and category not in self.settings.allow_categories)
+        verdict.category = category if flagged else None
+        return verdict
 
     def _verdict(self, text: str, score: float, harmful: bool) -> Verdict:
         text = clean_text(text)
@@ -170,9 +178,10 @@ class Protector:
     def check_batch(self, queries: Sequence[str | None], responses: Sequence[str]) -> list[Verdict]:
         """Detect and decide, without detoxifying: each answer is `pass`, `flagged`, `refused` or `unchecked`."""
         start = time.perf_counter()
-        scores = self.score(queries, responses)
+        found = self.detect(queries, responses)
         detect_ms = (time.perf_counter() - start) * 1000 / max(1, len(responses))
-        verdicts = [self.decide(r, s) for r, s in zip(responses, scores, strict=True)]
+        verdicts = [self.decide(r, d) if isinstance(d, Failure) else self.decide(r, d.score, d.category)
+                    for r, d in zip(responses, found, strict=True)]
         for v in verdicts:
             v.timings["detect_ms"] = detect_ms
         return verdicts
@@ -198,7 +207,7 @@ class Protector:
                 break
             candidates: dict[int, str] = {}
             for i in pending:
-                candidate = self._rewrite(queries[i] or "", current[i], categories[i], out[i])
+                candidate = self._rewrite(queries[i] or "", current[i], categories[i] or out[i].category, out[i])
                 out[i].rounds = round_no
                 if candidate:
                     candidates[i] = clean_text(candidate)

@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -124,6 +125,37 @@ def probe_command(
     summary = report["loso"]
     typer.echo(json.dumps({k: summary[k] for k in ("threshold", "loso_mean_auroc", "loso_worst_auroc", "loso_worst_family",
                                                    "macro_f1", "benign_fpr", "dna_fpr")}, indent=2, default=float))
+
+
+@app.command("categories")
+def categories_command(
+    detector_dir: Path = typer.Argument(..., help="Saved classifier detector that gains a category head (in place)."),
+    probe: Path = typer.Option(..., help="Probe detector (from `train probe`) whose category head is attached."),
+    combine: Optional[str] = typer.Option(None, help="Also set how window logits combine: max | max_corrected."),
+) -> None:
+    """Give a fine-tuned detector harm categories: the probe's category head, run on flagged answers only."""
+    import shutil
+
+    from ..detector import CONFIG_NAME, DetectorConfig
+    from ..probe import WEIGHTS_NAME
+
+    target = DetectorConfig.from_dict(json.loads((detector_dir / CONFIG_NAME).read_text()))
+    source = DetectorConfig.from_dict(json.loads((probe / CONFIG_NAME).read_text()))
+    if target.kind != "classifier" or source.kind != "probe" or not source.categories:
+        raise typer.BadParameter("needs a classifier detector and a probe detector with a category head")
+    if target.backbone != source.backbone:
+        raise typer.BadParameter(f"backbones differ: {target.backbone} vs {source.backbone}")
+    shutil.copyfile(probe / WEIGHTS_NAME, detector_dir / "category_probe.safetensors")
+    target.category_weights, target.categories, target.layers = "category_probe.safetensors", source.categories, source.layers
+    if combine is not None:
+        if combine not in ("max", "max_corrected"):
+            raise typer.BadParameter(f"--combine must be max or max_corrected, got {combine!r}")
+        target.combine = combine  # type: ignore[assignment]
+    target.training["categories"] = {"from": source.training.get("command", str(probe)),
+                                     "category_examples": source.training.get("category_examples"),
+                                     "command": "mllm-protector " + shlex.join(sys.argv[1:])}
+    (detector_dir / CONFIG_NAME).write_text(json.dumps(asdict(target), indent=2) + "\n")
+    typer.echo(f"{detector_dir}: categories {', '.join(target.categories)}; windows combined by {target.combine}")
 
 
 @app.command("calibrate")
