@@ -214,6 +214,7 @@ def test_guard_endpoint_checks_without_upstream(proxy, guard, upstream):
     assert harmful["action"] == "detoxified" and harmful["harmful"] and harmful["text"] == DEFAULT_REFUSAL
     scored = httpx.post(proxy.url + "/v1/guard", json={"response": HARMFUL, "detoxify": False}).json()
     assert scored["action"] == "flagged" and scored["text"] == DEFAULT_REFUSAL and scored["rounds"] == 0
+    assert scored["category"] == "violence_weapons" and benign.get("category") is None  # the detector's category
     assert len(upstream.app.state.requests) == before
 
 

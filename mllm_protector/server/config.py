@@ -97,6 +97,17 @@ class GuardConfig(_Section):
     query: Literal["last_user", "conversation"] = Field("last_user", description="What the detector sees as the query.")
     tool_calls: Literal["check", "drop"] = Field("check", description="Tool-call arguments: checked with the answer "
                                                   "text, or dropped from every answer.")
+    allow_categories: list[str] = Field(default_factory=list, description="Harm categories let through when flagged "
+                                        "(e.g. professional_advice: advice without a disclaimer); see mllm_protector/categories.py.")
+
+    @model_validator(mode="after")
+    def _known_categories(self) -> GuardConfig:
+        from ..categories import CATEGORIES
+
+        unknown = [c for c in self.allow_categories if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"guard.allow_categories: unknown {', '.join(unknown)} (choose from {', '.join(CATEGORIES)})")
+        return self
 
 
 class StreamConfig(_Section):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from ..config import ProtectorSettings
-from ..protector import Failure, Protector, Score, Verdict, build_protector
+from ..protector import Detection, Failure, Protector, Verdict, build_protector
 from .config import GuardConfig, StreamConfig
 from .metrics import Metrics
 
@@ -45,7 +45,8 @@ def protector_from_config(guard: GuardConfig, stream: StreamConfig) -> Protector
     """Detector + detoxifier + decision settings from the `guard` and `stream` config sections (loads the models)."""
     settings = ProtectorSettings(max_rounds=guard.max_rounds, threshold=guard.threshold, refusal=guard.refusal,
                                  fail_mode=guard.fail_mode, window_threshold=stream.window_threshold,
-                                 context_threshold=stream.context_threshold, context_chars=stream.context_chars)
+                                 context_threshold=stream.context_threshold, context_chars=stream.context_chars,
+                                 allow_categories=tuple(guard.allow_categories))
     return build_protector(guard.detector, guard.detoxifier, guard.detox_model, settings, guard.detox_timeout)
 
 
@@ -178,11 +179,11 @@ class AsyncGuard:
         chars = sum(len(t) for j in batch + [job] for _, t in j.items)
         return texts <= self.cfg.max_batch and chars <= self.cfg.max_batch_chars
 
-    def _score_jobs(self, jobs: list[_Job]) -> list[list[Score]]:
+    def _score_jobs(self, jobs: list[_Job]) -> list[list[Detection | Failure]]:
         items = [item for job in jobs for item in job.items]
         t0 = time.perf_counter()
         try:
-            scores = self.protector.score([q for q, _ in items], [t for _, t in items])
+            scores = self.protector.detect([q for q, _ in items], [t for _, t in items])
         finally:
             self.metrics.detector_seconds.observe(time.perf_counter() - t0)
             self.metrics.detector_batch.observe(len(items))
@@ -204,15 +205,15 @@ class AsyncGuard:
                           lambda jobs: self.protector.detoxify_batch([j.query for j in jobs], [j.verdict for j in jobs],
                                                                      [j.category for j in jobs], [j.prefix for j in jobs]))
 
-    async def score(self, items: list[tuple[Optional[str], str]], owner: str = "") -> list[Score]:
-        """Scores of (query, text) items, batched with concurrent checks (round-robin across owners); a
-        timeout or error is a Failure per item."""
+    async def score(self, items: list[tuple[Optional[str], str]], owner: str = "") -> list[Detection | Failure]:
+        """Detections (score, category) of (query, text) items, batched with concurrent checks (round-robin
+        across owners); a timeout or error is a Failure per item."""
         self.start()
         assert self._queue is not None
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.put(owner, _Job(items, future))
         try:
-            scores: list[Score] = await asyncio.wait_for(future, self.cfg.detector_timeout)
+            scores: list[Detection | Failure] = await asyncio.wait_for(future, self.cfg.detector_timeout)
         except TimeoutError:
             scores = [Failure("detector", "timeout", f"detector timed out after {self.cfg.detector_timeout:g}s")] * len(items)
         except Exception as exc:  # reported as a failure; the policy decides
@@ -225,15 +226,21 @@ class AsyncGuard:
     async def check(self, query: Optional[str], text: str, owner: str = "") -> Verdict:
         """The Protector's verdict on one whole answer, without detoxifying (pass, flagged, refused, unchecked)."""
         t0 = time.perf_counter()
-        verdict = self.protector.decide(text, (await self.score([(query, text)], owner))[0])
+        found = (await self.score([(query, text)], owner))[0]
+        verdict = (self.protector.decide(text, found) if isinstance(found, Failure)
+                   else self.protector.decide(text, found.score, found.category))
         verdict.timings["detect_ms"] = (time.perf_counter() - t0) * 1000
         return verdict
 
     async def check_window(self, query: Optional[str], approved: str, window: str, owner: str = "") -> Verdict:
         """The Protector's verdict on one stream window, judged alone and after the approved answer."""
         alone, in_context = self.protector.window_texts(approved, window)
-        scores = await self.score([(query, alone), (query, in_context)], owner)
-        return self.protector.decide_window(window, scores[0], scores[1])
+        found = await self.score([(query, alone), (query, in_context)], owner)
+        alone_score, context_score = (d if isinstance(d, Failure) else d.score for d in found)
+        verdict = self.protector.decide_window(window, alone_score, context_score)
+        if verdict.action == "flagged":
+            verdict.category = next((d.category for d in found if isinstance(d, Detection) and d.category), None)
+        return verdict
 
     async def detoxify(self, query: Optional[str], verdict: Verdict, category: Optional[str] = None,
                        original: Optional[str] = None, prefix: str = "", owner: str = "") -> Verdict:
