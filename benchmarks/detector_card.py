@@ -60,6 +60,41 @@ def _schedule(stage: dict) -> str:
     return f"{steps} steps" if steps and steps > 0 else f"{args.get('num_train_epochs', '?')} epoch(s)"
 
 
+def _loso_line(name: str) -> str:
+    """The detector's row of the leave-one-source-out comparison (docs/results/detector_loso.json), if present."""
+    path = ROOT / "docs" / "results" / "detector_loso.json"
+    row = json.loads(path.read_text()).get(f"baseline: {name}") if path.is_file() else None
+    if not row:
+        return ""
+    fams = ", ".join(f"{f} {fmt(m['auroc'])}" for f, m in sorted(row["by_family"].items()) if not math.isnan(m["auroc"]))
+    return (f"Scored on the leave-one-source-out corpus (`benchmarks/detector_loso.py`; families outside its training "
+            f"data are unseen, the rest in-distribution): mean AUROC {fmt(row['loso_mean_auroc'])}, worst "
+            f"{fmt(row['loso_worst_auroc'])} ({row['loso_worst_family']}); per family: {fams}.\n\n")
+
+
+def _category_check(check: dict | None) -> str:
+    """One sentence: the category head's accuracy on held-out question groups, per category."""
+    if not check:
+        return ""
+    per = ", ".join(f"{k} {fmt(v['accuracy'])} (n={v['n']})" for k, v in check["by_category"].items())
+    return f" Accuracy on held-out question groups: {fmt(check['accuracy'])} (n={check['n']}; {per})."
+
+
+def _extras(config: dict) -> str:
+    """What a classifier carries besides its head: normalisation and an attached category probe."""
+    lines = []
+    if config.get("normalize", True):
+        lines.append("Text is normalised before scoring (NFKC, zero-width characters, look-alike letters, spelled-out "
+                     "letters, leetspeak, base64, Caesar/ROT13: `mllm_protector/normalize.py`).")
+    cats = config.get("training", {}).get("categories")
+    if config.get("category_weights") and cats:
+        lines.append(f"Flagged answers are named a harm category ({', '.join(config['categories'])}) by a category "
+                     f"probe on the untuned backbone (linear head on pooled layers {config['layers']}, trained on "
+                     f"{cats.get('category_examples')} harmful answers by `{cats.get('from')}`; attached by `{cats.get('command')}`)."
+                     + _category_check(cats.get("category_check")))
+    return "\n".join(lines)
+
+
 def render(folder: Path, name: str) -> tuple[str, str]:
     """(model card, results fragment) for the detector saved in `folder`."""
     config = json.loads((folder / "detector_config.json").read_text())
@@ -108,7 +143,8 @@ def render(folder: Path, name: str) -> tuple[str, str]:
 Scores an MLLM response with P(harmful) (`sigmoid(logit)`; 1 = harmful). Backbone `{config['backbone']}`
 with a one-output linear head ({'LoRA r=' + str(args.get('lora_r')) + ' adapter + head' if config['lora'] else 'full fine-tune'}),
 input format `{config['input_format']}`, {config['max_length']}-token windows (stride {config['stride']};
-long answers scored by the max over windows). Load with `HarmDetector.from_pretrained("{name}")`.
+long answers: window logits combined by `{config.get('combine', 'max')}`). Load with `HarmDetector.from_pretrained("{name}")`.
+{_extras(config)}
 
 **License / intended use: research and non-commercial only** — the training data include CC BY-NC 4.0
 sets and model outputs under their providers' terms (table below).
@@ -136,7 +172,7 @@ FigStep, the JBB judge), human for PKU-SafeRLHF; hh-rlhf only enters as chosen/r
 
 {metrics_table(metrics)}
 
-Generalisation to unseen sources is much lower than this in-distribution split: a detector trained
+{_loso_line(name)}Generalisation to unseen sources is much lower than this in-distribution split: a detector trained
 without one source (the human-labelled PKU-SafeRLHF answers, FigStep, MM-SafetyBench) or one MM-SafetyBench
 scenario scores it far worse, and where "safe" depends on the question (legal or financial answers that
 must carry a disclaimer) a response-only detector cannot tell. See `docs/RESULTS.md` (held-out sources and
@@ -206,7 +242,7 @@ Harm head: L2 logistic regression (C={training['c']}, in the top 256 principal d
 standardised features, folded back into one linear layer), every (source, label) cell given the same total
 weight; training rows: `{training['mix']}` ({training['examples']} answers, features `{training['variant']}`).
 Category head: multinomial logistic regression on {training['category_examples']} harmful answers whose set
-names a category (mapped by `mllm_protector/categories.py`) or whose question matches a keyword rule.
+names a category (mapped by `mllm_protector/categories.py`) or whose question matches a keyword rule.{_category_check(training.get('category_check'))}
 The threshold is chosen on the pooled leave-one-source-out scores (best macro-F1 with benign FPR ≤ 2% and
 Do-Not-Answer harmless FPR ≤ 5%), so it is the one an unseen source meets.
 

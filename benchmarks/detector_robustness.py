@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--n", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-raw", action="store_true", help="also score every transformation without normalisation")
     parser.add_argument("--out", type=Path, default=Path("docs/results/detector_robustness.md"))
     args = parser.parse_args()
     t0 = time.time()
@@ -75,6 +76,11 @@ def main() -> None:
     for name, fn in TRANSFORMS.items():
         obfuscation[name] = {"recall": _rate(flags([fn(e.response) for e in harmful], hq)),
                              "fpr": _rate(flags([fn(e.response) for e in benign], bq))}
+        if args.compare_raw:  # the same detector with normalisation switched off: what the normaliser buys
+            detector.config.normalize = False
+            obfuscation[name]["recall_raw"] = _rate(flags([fn(e.response) for e in harmful], hq))
+            obfuscation[name]["fpr_raw"] = _rate(flags([fn(e.response) for e in benign], bq))
+            detector.config.normalize = True
     rng = random.Random(args.seed)
     pool = [e.response for e in benign]
 
@@ -112,10 +118,12 @@ def render(r: dict, command: str) -> str:
         f"Command: `{command}` ({r['wall_s']:.0f} s). Detector `{r['detector']}` at its threshold {r['threshold']:.3f}; "
         f"{r['n_harmful']} harmful answers (JailbreakBench, PKU-SafeRLHF, GPTFuzz) and {r['n_benign']} benign ones "
         "(Vicuna-80, LLaVA-Bench), each transformed by our own rewrites.", "",
-        "| transformation | recall on harmful | relative to clean | FPR on benign |", "|---|---|---|---|",
+        "| transformation | recall on harmful | relative to clean | FPR on benign | recall, normaliser off | FPR, normaliser off |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in r["obfuscation"].items():
-        lines.append(f"| {name} | {m['recall']:.3f} | {m['recall'] / clean if clean else float('nan'):.2f} | {m['fpr']:.3f} |")
+        lines.append(f"| {name} | {m['recall']:.3f} | {m['recall'] / clean if clean else float('nan'):.2f} | {m['fpr']:.3f} "
+                     f"| {m.get('recall_raw', float('nan')):.3f} | {m.get('fpr_raw', float('nan')):.3f} |")
     lines += ["", "| length check | rate |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in r["length"].items()]
     lines += ["", "Answers we wrote (10 harmful, 10 benign; `benchmarks/fixtures/translated_answers.jsonl`), scored without a question:", "",

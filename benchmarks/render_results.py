@@ -12,6 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = [
     "detector_default.md",
+    "detector_loso.md",
+    "detector_robustness.md",
     "detector_experiments.md",
     "detector_heldout.md",
     "detox_quality.md",

@@ -304,19 +304,26 @@ class Protector:
         return self.decide_window(window, alone, in_context)
 
 
+def build_detoxifier(spec: str, model: str = "smollm2-135m-instruct", refusal: str | None = None,
+                     timeout: float = 60.0) -> Detoxifier | None:
+    """A detoxifier from its name: `lm` (local LM + shipped adapter), `refusal`, an OpenAI-compatible base URL,
+    or `none` (no detoxifier: a flagged answer ends in the fixed refusal)."""
+    if spec == "none":
+        return None
+    if spec == "lm":
+        return LMDetoxifier(model)
+    if spec == "refusal":
+        return RefusalDetoxifier(refusal) if refusal is not None else RefusalDetoxifier()
+    if spec.startswith(("http://", "https://")):
+        return OpenAIDetoxifier(spec, model, timeout=timeout)
+    raise InputError(f"unknown --detoxifier / guard.detoxifier '{spec}': use lm, refusal, none or an http(s) base URL")
+
+
 def build_protector(detector: str = "default", detoxifier: str = "lm", detox_model: str = "smollm2-135m-instruct",
                     settings: ProtectorSettings = ProtectorSettings(), detox_timeout: float = 60.0) -> Protector:
-    """A Protector from names (CLI options, proxy config): detector folder or preset; detoxifier `lm`,
-    `refusal` or an OpenAI-compatible base URL. Loads the models."""
-    detox: Detoxifier
-    if detoxifier == "lm":
-        detox = LMDetoxifier(detox_model)
-    elif detoxifier == "refusal":
-        detox = RefusalDetoxifier(settings.refusal)
-    elif detoxifier.startswith(("http://", "https://")):
-        detox = OpenAIDetoxifier(detoxifier, detox_model, timeout=detox_timeout)
-    else:
-        raise InputError(f"unknown --detoxifier / guard.detoxifier '{detoxifier}': use lm, refusal or an http(s) base URL")
+    """A Protector from names (CLI options, proxy config, evaluation): detector folder or preset and a
+    detoxifier spec (see `build_detoxifier`). Loads the models."""
+    detox = build_detoxifier(detoxifier, detox_model, settings.refusal, detox_timeout)
     return Protector(HarmDetector.from_pretrained(detector), detox, settings)
 
 

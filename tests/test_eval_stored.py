@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mllm_protector.cli import app
-from mllm_protector.detector import DetectorConfig
+from mllm_protector.detector import Detection, DetectorConfig
 from mllm_protector.eval.judges import KeywordJudge
 from mllm_protector.eval.report import build_run_report, write_report
 from mllm_protector.eval.stored import detector_split_args, stored_evaluation, validation_groups
@@ -31,6 +31,9 @@ class StubDetector:
     def score(self, responses, queries=None, batch_size=32):
         self.calls += 1
         return [0.9 if "step 1" in r.lower() else 0.1 for r in responses]
+
+    def detect(self, responses, queries=None, batch_size=32, categorize=True):
+        return [Detection(score=s) for s in self.score(responses, queries, batch_size)]
 
 
 class FixedDetoxifier:

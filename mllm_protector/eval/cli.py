@@ -33,18 +33,10 @@ def _command() -> str:
 
 
 def make_detoxifier(spec: str, model: str = "smollm2-135m-instruct") -> Any:
-    """Detoxifier from a CLI spec (None for `none`: flagged answers get the fixed refusal)."""
-    from ..detoxifier import LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
+    """Detoxifier from a CLI spec, as the CLI and the proxy build it (None for `none`: the fixed refusal)."""
+    from ..protector import build_detoxifier
 
-    if spec == "none":
-        return None
-    if spec == "refusal":
-        return RefusalDetoxifier()
-    if spec == "lm":
-        return LMDetoxifier(model)
-    if spec.startswith(("http://", "https://")):
-        return OpenAIDetoxifier(spec, model)
-    raise ProtectorError(f"unknown --detoxifier {spec!r}: use none, refusal, lm or an http(s) base URL")
+    return build_detoxifier(spec, model)
 
 
 def _caps(values: list[str]) -> dict[str, int]:
@@ -83,8 +75,7 @@ def run(
 ) -> None:
     """Ask an MLLM every benchmark prompt, protect and judge each answer; one JSONL row per item."""
     from ..config import ProtectorSettings
-    from ..detector import HarmDetector
-    from ..protector import Protector
+    from ..protector import build_protector
     from .benchmarks import load_bench
     from .judges import make_judge
     from .runner import make_answerer, run_benchmark, summarize_run
@@ -93,8 +84,7 @@ def run(
         items = load_bench(bench, data_dir, [v.strip().upper() for v in variants.split(",") if v.strip()],
                            scenarios.split(",") if scenarios else None, tiny, image_dir)
         items = items[:limit] if limit else items
-        guard = Protector(HarmDetector.from_pretrained(detector), make_detoxifier(detoxifier, detox_model),
-                          ProtectorSettings(max_rounds=max_rounds))
+        guard = build_protector(detector, detoxifier, detox_model, ProtectorSettings(max_rounds=max_rounds))
         the_judge = make_judge(judge, detector, judge_model)
         answer = make_answerer(mllm, mllm_model, max_tokens, api_key)
         err.print(f"{bench}: {len(items)} items → {output}")

@@ -176,6 +176,22 @@ def fit_category_head(features: np.ndarray, categories: Sequence[str | None], me
     return head, [str(x) for x in head.classes_]
 
 
+def category_accuracy(features: np.ndarray, categories: Sequence[str | None], groups: Sequence[str],
+                      mean: np.ndarray, scale: np.ndarray, c: float, val_fraction: float = 0.2) -> dict[str, Any]:
+    """Accuracy of the category head on a question-group split (fitted on the rest), overall and per category."""
+    from ..data.splits import _bucket
+
+    val = np.array([_bucket(g, 0) < val_fraction for g in groups])
+    train_cats = [cat if not v else None for cat, v in zip(categories, val)]
+    head, names = fit_category_head(features, train_cats, mean, scale, c)
+    idx = [i for i, cat in enumerate(categories) if cat and val[i]]
+    pred = np.array(names)[np.argmax(head.decision_function((features[idx] - mean) / scale), axis=1)]
+    truth = np.array([categories[i] for i in idx])
+    per = {name: {"n": int((truth == name).sum()), "accuracy": float((pred[truth == name] == name).mean())}
+           for name in sorted(set(truth))}
+    return {"n": len(idx), "accuracy": float((pred == truth).mean()), "by_category": per}
+
+
 def train_probe(
     cache: Path, variant: str, mix: str, c: float, backbone: str, max_length: int, stride: int, combine: str,
 ) -> tuple[Any, dict[str, Any]]:
@@ -202,6 +218,7 @@ def train_probe(
     mean, scale, harm = fit_head(x[idx], data.labels[idx], balanced_weights(data.sources[idx], data.labels[idx]), c)
     cats = [training_category(data.rows[i]["source"], data.rows[i].get("scenario"), data.rows[i].get("query"))
             if data.labels[i] == 1 else None for i in idx]
+    category_check = category_accuracy(x[idx], cats, [data.rows[i]["group"] for i in idx], mean, scale, c)
     category, names = fit_category_head(x[idx], cats, mean, scale, c)
     probe = build_probe(backbone, LAYERS, len(names))
     install_heads(probe, mean, scale, harm, category)
@@ -213,6 +230,6 @@ def train_probe(
                        "by_source": {s: {"harmful": int(((data.sources == s) & keep & (data.labels == 1)).sum()),
                                          "harmless": int(((data.sources == s) & keep & (data.labels == 0)).sum())}
                                      for s in sorted(set(data.sources[idx]))},
-                       "category_examples": int(sum(1 for cat in cats if cat))}
+                       "category_examples": int(sum(1 for cat in cats if cat)), "category_check": category_check}
     detector = HarmDetector(probe, load_tokenizer(backbone), config, device="cpu")
     return detector, {"loso": loso, "loso_wall_s": time.time() - t0}
