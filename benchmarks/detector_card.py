@@ -63,7 +63,7 @@ def _schedule(stage: dict) -> str:
 def _loso_line(name: str) -> str:
     """The detector's row of the leave-one-source-out comparison (docs/results/detector_loso.json), if present."""
     path = ROOT / "docs" / "results" / "detector_loso.json"
-    row = json.loads(path.read_text()).get(f"baseline: {name}") if path.is_file() else None
+    row = json.loads(path.read_text())["results"].get(f"baseline: {name}") if path.is_file() else None
     if not row:
         return ""
     fams = ", ".join(f"{f} {fmt(m['auroc'])}" for f, m in sorted(row["by_family"].items()) if not math.isnan(m["auroc"]))
@@ -92,6 +92,9 @@ def _extras(config: dict) -> str:
                      f"probe on the untuned backbone (linear head on pooled layers {config['layers']}, trained on "
                      f"{cats.get('category_examples')} harmful answers by `{cats.get('from')}`; attached by `{cats.get('command')}`)."
                      + _category_check(cats.get("category_check")))
+        if cats.get("sources"):
+            lines.append("\nCategory probe training sets and licences: "
+                         + "; ".join(f"{src} ({_license(src)})" for src in cats["sources"]) + ".")
     return "\n".join(lines)
 
 

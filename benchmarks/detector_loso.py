@@ -38,9 +38,14 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("runs/loso"))
     parser.add_argument("--out", type=Path, default=Path("docs/results/detector_loso.md"))
     parser.add_argument("--baseline", default=None, help="also score a saved detector (e.g. the shipped v1) on ≤200 rows per family and label")
+    parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the saved JSON")
     parser.add_argument("--only", action="append", default=[], help="an experiment name to run (repeatable; default: all)")
     args = parser.parse_args()
     data = Data.load(args.features)
+    if args.render_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.write_text(render(saved["results"], data, saved["command"]))
+        return
     results = {}
     names = [n for n in EXPERIMENTS if not args.only or n in args.only]
     for name in names:
@@ -63,8 +68,9 @@ def main() -> None:
             cached.write_text(json.dumps(baseline(data, args.baseline), default=float) + "\n")
         results[f"baseline: {args.baseline}"] = json.loads(cached.read_text())
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    args.out.write_text(render(results, data, " ".join(["python", *sys.argv])))
+    command = " ".join(["python", *sys.argv])
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=1, default=float) + "\n")
+    args.out.write_text(render(results, data, command))
 
 
 _SPEED: dict[str, float] = {}
@@ -139,6 +145,16 @@ def render(results: dict, data: Data, command: str) -> str:
             f"| {name} | {what} | {r['loso_mean_auroc']:.3f} | {r['loso_worst_auroc']:.3f} ({r['loso_worst_family']}) "
             f"| {r['macro_f1']:.3f} | {r['benign_fpr']:.3f} | {r['dna_fpr']:.3f} | {r['threshold']:.3f} | {r['ms_per_answer']:.1f} | {r['wall_s']:.0f} |"
         )
+    probes = {n: r for n, r in results.items() if n in EXPERIMENTS}
+    base = next((r for n, r in results.items() if n not in EXPERIMENTS), None)
+    if probes and base:
+        best = max(probes, key=lambda n: probes[n]["loso_mean_auroc"])
+        lines += ["", f"Best probe: **{best}**, mean {probes[best]['loso_mean_auroc']:.3f} / worst "
+                  f"{probes[best]['loso_worst_auroc']:.3f}, against {base['loso_mean_auroc']:.3f} / {base['loso_worst_auroc']:.3f} "
+                  "for the shipped fine-tuned detector (which is in-distribution on its own training sources only). "
+                  + ("The probe does not beat the fine-tuned detector, so `default` stays the fine-tuned one; its "
+                     "category head is the probe's (`train categories`)." if probes[best]["loso_mean_auroc"] <= base["loso_mean_auroc"]
+                     else "The probe generalises better than the fine-tuned detector.")]
     families = data.loso_families()
     lines += ["", "## Held-out AUROC per family", "",
               "| family | n | harmful | " + " | ".join(results) + " |",

@@ -42,7 +42,7 @@ def _letter_run(sep: str, least: int) -> re.Pattern[str]:
 _RUNS = {sep: (_letter_run(sep, 4), _letter_run(sep, 2)) for sep in _SEPARATORS}
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g",
                        "@": "a", "$": "s"})
-_LEET_TOKEN = re.compile(r"[A-Za-z0-9@$]{3,}")
+_LEET_TOKEN = re.compile(r"[A-Za-z0-9@$]+")
 #: A stand-in between two letters ("b0mb", "h4ck"): model names and units ("gpt4", "mp3", "2nd") have none.
 _LEET_INSIDE = re.compile(r"[A-Za-z][0-9@$]+[A-Za-z]")
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
@@ -90,11 +90,18 @@ def _join_spaced(text: str) -> str:
 
 
 def _unleet(text: str) -> str:
-    """'b0mb' → 'bomb' inside tokens that mix letters with digit/symbol stand-ins (plain numbers untouched)."""
+    """'b0mb' → 'bomb' inside tokens that mix letters with digit/symbol stand-ins (plain numbers untouched).
+
+    In a text written in leetspeak (at least three such tokens, a fifth of its words) every token that
+    maps to letters is mapped, short all-digit words included ("15 70" → "is to").
+    """
+    tokens = _LEET_TOKEN.findall(text)
+    inside = sum(bool(_LEET_INSIDE.search(t)) for t in tokens)
+    leet_text = inside >= 3 and inside >= 0.2 * len(text.split())
 
     def fix(match: re.Match[str]) -> str:
         token = match.group(0)
-        if not _LEET_INSIDE.search(token):
+        if not (_LEET_INSIDE.search(token) or (leet_text and (not token.isdigit() or len(token) <= 3))):
             return token
         mapped = token.translate(_LEET)
         return mapped if mapped.isalpha() else token
@@ -148,27 +155,31 @@ def _shift(text: str, k: int) -> str:
     return "".join(rot(ch) for ch in text)
 
 
+def _best_shift(text: str) -> int:
+    """The Caesar shift after which `text` (six words or more, not English as it is) reads as English, or 0."""
+    if len(re.findall(r"[A-Za-z]+", text)) < 6 or _english_share(text) >= 0.15:
+        return 0
+    best_k, best = 0, _english_share(text)
+    for k in range(1, 26):
+        share = _english_share(_shift(text, k))
+        if share > best:
+            best_k, best = k, share
+    return best_k if best >= 0.3 else 0
+
+
 def _uncaesar(text: str) -> str:
-    """Undo a Caesar shift (ROT13 included) line by line, where only the shifted line reads as English."""
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if len(re.findall(r"[A-Za-z]+", line)) < 6 or _english_share(line) >= 0.15:
-            continue
-        best_k, best = 0, _english_share(line)
-        for k in range(1, 26):
-            share = _english_share(_shift(line, k))
-            if share > best:
-                best_k, best = k, share
-        if best_k and best >= 0.3:
-            lines[i] = _shift(line, best_k)
-    return "\n".join(lines)
+    """Undo a Caesar shift (ROT13 included): of the whole text when it then reads as English (short lines
+    included), else line by line where only the shifted line reads as English."""
+    whole = _best_shift(text)
+    if whole:
+        return _shift(text, whole)
+    return "\n".join(_shift(line, _best_shift(line)) for line in text.split("\n"))
 
 
 def normalize_text(text: str) -> str:
     """The text with obfuscations undone; ordinary text comes back unchanged (apart from NFKC)."""
     text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
+    text = _uncaesar(_decode_base64(text))  # first: later steps would corrupt encoded spans
     text = _fold_confusables(text)
     text = _join_spaced(text)
-    text = _unleet(text)
-    text = _decode_base64(text)
-    return _uncaesar(text)
+    return _unleet(text)

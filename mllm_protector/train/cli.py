@@ -154,6 +154,7 @@ def categories_command(
     target.training["categories"] = {"from": source.training.get("command", str(probe)),
                                      "category_examples": source.training.get("category_examples"),
                                      "category_check": source.training.get("category_check"),
+                                     "sources": sorted(source.training.get("by_source", {})),
                                      "command": "mllm-protector " + shlex.join(sys.argv[1:])}
     (detector_dir / CONFIG_NAME).write_text(json.dumps(asdict(target), indent=2) + "\n")
     typer.echo(f"{detector_dir}: categories {', '.join(target.categories)}; windows combined by {target.combine}")

@@ -173,6 +173,9 @@ def fit_category_head(features: np.ndarray, categories: Sequence[str | None], me
     idx = [i for i, cat in enumerate(categories) if cat]
     labels = np.array([categories[i] for i in idx])
     head = _fit_linear((features[idx] - mean) / scale, labels, None, c, components, seed=0)
+    if len(head.classes_) == 2:  # sklearn keeps one row for two classes; softmax needs one per class
+        head = LinearHead(np.vstack([np.zeros_like(head.coef_), head.coef_]),
+                          np.concatenate([[0.0], head.intercept_]), head.classes_)
     return head, [str(x) for x in head.classes_]
 
 
