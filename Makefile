@@ -26,7 +26,7 @@ test-fast:
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # Ruff and mypy (settings in pyproject.toml) on the guard: the Protector and the proxy, and their tests.
-LINT_PATHS := mllm_protector/protector.py mllm_protector/server tests/servers.py tests/stream_fixtures.py tests/test_protector.py \
+LINT_PATHS := mllm_protector/protector.py mllm_protector/openai_api.py mllm_protector/server tests/servers.py tests/stream_fixtures.py tests/test_protector.py \
 	tests/test_server_hardening.py tests/test_stream_leaks.py benchmarks/stream_calibration.py benchmarks/stream_check.py
 lint:
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from .config import DEFAULT_REFUSAL, PRETRAINED_DIR
-from .errors import UpstreamError
+from .openai_api import ChatClient
 from .models import load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -225,11 +225,9 @@ class OpenAIDetoxifier:
         max_tokens: int = 256,
         client: httpx.Client | None = None,
     ):
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.api = ChatClient(base_url, "detoxifier", api_key, timeout, client)
         self.model = model
         self.max_tokens = max_tokens
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = client or httpx.Client(timeout=timeout, headers=headers)
 
     def rewrite(self, query: str, response: str, category: str | None = None) -> str:
         """One chat completion at temperature 0; raises UpstreamError with the cause on any failure."""
@@ -239,19 +237,5 @@ class OpenAIDetoxifier:
             "temperature": 0,
             "max_tokens": self.max_tokens,
         }
-        try:
-            reply = self.client.post(self.url, json=payload)
-            reply.raise_for_status()
-            content = reply.json()["choices"][0]["message"]["content"]
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(f"detoxifier endpoint {self.url} timed out") from exc
-        except httpx.HTTPStatusError as exc:
-            raise UpstreamError(f"detoxifier endpoint {self.url} answered HTTP {exc.response.status_code}") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"detoxifier endpoint {self.url} unreachable: {exc}") from exc
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise UpstreamError(f"detoxifier endpoint {self.url} returned no chat completion") from exc
-        if not isinstance(content, str):
-            raise UpstreamError(f"detoxifier endpoint {self.url} returned no text content")
-        return content.strip()
+        return self.api.complete(payload).strip()
 

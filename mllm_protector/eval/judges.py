@@ -23,7 +23,8 @@ from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 import httpx
 
 from ..detoxifier import guidance_key
-from ..errors import ProtectorError, UpstreamError
+from ..errors import ProtectorError
+from ..openai_api import ChatClient
 from .benchmarks import scenario_number
 
 logger = logging.getLogger(__name__)
@@ -191,23 +192,14 @@ class LLMJudge(_OneAtATime):
 
     def __init__(self, base_url: str, model: str = "default", api_key: str | None = None, timeout: float = 120.0,
                  client: httpx.Client | None = None):
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.api = ChatClient(base_url, "judge", api_key, timeout, client)
         self.model = model
         self.name = f"llm:{model}"
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = client or httpx.Client(timeout=timeout, headers=headers)
 
     def judge(self, question: str | None, response: str, scenario: str | None = None) -> Judgement:
         payload = {"model": self.model, "messages": judge_messages(question, response, scenario),
                    "temperature": 0, "max_tokens": 8}
-        try:
-            reply = self.client.post(self.url, json=payload)
-            reply.raise_for_status()
-            content = reply.json()["choices"][0]["message"]["content"] or ""
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"judge endpoint {self.url} failed: {exc}") from exc
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise UpstreamError(f"judge endpoint {self.url} returned no chat completion") from exc
+        content = self.api.complete(payload)
         verdict = parse_verdict(content)
         if verdict is None:
             return Judgement(True, f"unparseable judge reply {content[:40]!r} (counted unsafe)")

@@ -10,7 +10,8 @@ from typing import Any, Callable, Protocol, Union, runtime_checkable
 
 import httpx
 
-from ..errors import InputError, UpstreamError
+from ..errors import InputError
+from ..openai_api import ChatClient
 
 ImageInput = Union[str, os.PathLike, bytes, "PIL.Image.Image", None]  # noqa: F821
 
@@ -66,11 +67,9 @@ class OpenAIMLLM:
         max_tokens: int = 512,
         client: httpx.Client | None = None,
     ):
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.api = ChatClient(base_url, "MLLM", api_key, timeout, client)
         self.model = model
         self.max_tokens = max_tokens
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = client or httpx.Client(timeout=timeout, headers=headers)
 
     def messages(self, query: str, image: ImageInput = None) -> list[dict[str, Any]]:
         """One user turn: plain text, or text + image_url content parts when an image is given."""
@@ -82,19 +81,7 @@ class OpenAIMLLM:
     def generate(self, query: str, image: ImageInput = None) -> str:
         """Greedy chat completion; UpstreamError names the endpoint and the cause on any failure."""
         payload = {"model": self.model, "messages": self.messages(query, image), "temperature": 0, "max_tokens": self.max_tokens}
-        try:
-            reply = self.client.post(self.url, json=payload)
-            reply.raise_for_status()
-            content = reply.json()["choices"][0]["message"]["content"]
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(f"MLLM endpoint {self.url} timed out") from exc
-        except httpx.HTTPStatusError as exc:
-            raise UpstreamError(f"MLLM endpoint {self.url} answered HTTP {exc.response.status_code}: {exc.response.text[:200]}") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"MLLM endpoint {self.url} unreachable: {exc}") from exc
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise UpstreamError(f"MLLM endpoint {self.url} returned no chat completion") from exc
-        return content or ""
+        return self.api.complete(payload)
 
 
 class HFLocalMLLM:

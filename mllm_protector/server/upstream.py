@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import httpx
 
+from ..openai_api import bearer, chat_url
 from .config import UpstreamConfig
 from .deps import ApiError
 from .metrics import Metrics
@@ -50,7 +51,7 @@ class Upstream:
 
     def headers(self) -> dict[str, str]:
         """The upstream key (never the client's); no request id: some servers reject ids that are not UUIDs."""
-        return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        return bearer(self.config.api_key)
 
     def redact(self, text: str) -> str:
         """Upstream text with the upstream key removed, for the log."""
@@ -60,7 +61,7 @@ class Upstream:
     async def complete(self, payload: dict[str, Any], rid: str) -> dict[str, Any]:
         """A non-streaming chat completion whose `choices` is a list of objects (502 otherwise)."""
         try:
-            reply = await self.client.post(self.config.url + "/chat/completions", json=payload, headers=self.headers())
+            reply = await self.client.post(chat_url(self.config.url), json=payload, headers=self.headers())
         except httpx.HTTPError as exc:
             raise self.transport_error(exc, rid) from None
         if reply.status_code >= 400:
@@ -76,7 +77,7 @@ class Upstream:
 
     async def open_stream(self, payload: dict[str, Any], rid: str) -> httpx.Response:
         """The open streaming response (the caller closes it); errors before the first byte are plain 5xx."""
-        request = self.client.build_request("POST", self.config.url + "/chat/completions", json=payload,
+        request = self.client.build_request("POST", chat_url(self.config.url), json=payload,
                                             headers=self.headers())
         try:
             reply = await self.client.send(request, stream=True)
