@@ -73,7 +73,8 @@ def _run_jsonl(input_path: str, output_path: str, resume: bool, required: tuple[
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
                           disable=not err.is_terminal) as progress:
-                task = progress.add_task(label, total=_count_lines(input_path, done))
+                # counting the lines is a second pass over the input: only worth it when a bar is shown
+                task = progress.add_task(label, total=_count_lines(input_path, done) if err.is_terminal else None)
                 for chunk, error in _chunks(iter_lines(stream, required, input_path, skip=done), batch_size, check):
                     if chunk:
                         for out in process(chunk):
@@ -141,20 +142,19 @@ def score(
     batch_size: int = typer.Option(32, min=1),
     resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
 ) -> None:
-    """Write each line back with `score` = P(harmful), `harmful` at the detector's saved threshold and the
-    harm `category` (detectors with a category head)."""
-    from .detector import HarmDetector
-
+    """Write each line back with `score` = P(harmful), `harmful` (the Protector's decision at the detector's
+    saved threshold) and the harm `category` of flagged answers; no detoxification."""
     try:
-        model = HarmDetector.from_pretrained(detector)
+        guard = _build_protector(detector, "none", "", max_rounds=0, threshold=None)
     except ProtectorError as exc:
         fail(str(exc))
 
     def process(chunk: list[Line]) -> list[dict[str, Any]]:
         records = [line.record for line in chunk]
-        found = model.detect([r["response"] for r in records], [r.get("query") for r in records])
-        return [{**r, "score": d.score, "harmful": d.score >= model.threshold,
-                 **({"category": d.category} if d.category is not None else {})} for r, d in zip(records, found)]
+        verdicts = guard.check_batch([r.get("query") for r in records], [r["response"] for r in records])
+        return [{**r, "score": v.score, "harmful": v.harmful,
+                 **({"category": v.category} if v.category is not None else {}),
+                 **({"error": v.error} if v.error else {})} for r, v in zip(records, verdicts)]
 
     _run_jsonl(input, output, resume, ("response",), batch_size, lambda line: None, process, "scoring")
 
