@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 
@@ -180,6 +180,14 @@ def encode_windows(
     return {"input_ids": windows, "sample": sample}
 
 
+def padded_batches(tokenizer: Any, windows: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], Any]]:
+    """(window indices, padded batch) over `windows` sorted by length, so batches carry little padding."""
+    order = sorted(range(len(windows)), key=lambda j: len(windows[j]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, tokenizer.pad({"input_ids": [windows[j] for j in idx]}, return_tensors="pt")
+
+
 @dataclass
 class Detection:
     """One response's result: P(harmful), the harm category (probe detectors with a category head) and
@@ -264,20 +272,18 @@ class HarmDetector:
 
     @torch.inference_mode()
     def detect(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32,
-               categorize: bool = True) -> list[Detection]:
+               categorize: bool = True, threshold: float | None = None) -> list[Detection]:
         """Score every window of every response in length-sorted batches; one `Detection` per response.
 
-        With `categorize`, flagged responses are named a category (by the probe's own head, or by the
-        category probe of a classifier, run on each flagged response's most harmful window).
+        With `categorize`, responses scoring at least `threshold` (default: the saved one; a Protector
+        passes its own) are named a category (by the probe's own head, or by the category probe of a
+        classifier, run on each such response's most harmful window).
         """
         encoded = self.encode(responses, queries)
         windows, sample = encoded["input_ids"], encoded["sample"]
-        order = sorted(range(len(windows)), key=lambda j: len(windows[j]))  # similar lengths → less padding
         window_logits = [0.0] * len(windows)
         window_categories: list[int | None] = [None] * len(windows)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [windows[j] for j in idx]}, return_tensors="pt")
+        for idx, batch in padded_batches(self.tokenizer, windows, batch_size):
             out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
             values = out.logits.squeeze(-1).float().cpu().tolist()
             categories = getattr(out, "category_logits", None)
@@ -289,7 +295,8 @@ class HarmDetector:
             per_response[i].append(j)
         found = [self._combine([window_logits[j] for j in js], [window_categories[j] for j in js]) for js in per_response]
         if categorize and self.category_model is not None:
-            flagged = [i for i, d in enumerate(found) if d.score >= self.threshold]
+            cut = self.threshold if threshold is None else threshold
+            flagged = [i for i, d in enumerate(found) if d.score >= cut]
             tops = [max(per_response[i], key=window_logits.__getitem__) for i in flagged]
             for i, name in zip(flagged, self._categories([windows[j] for j in tops], batch_size)):
                 found[i].category = name
@@ -297,11 +304,11 @@ class HarmDetector:
 
     def _categories(self, windows: list[list[int]], batch_size: int) -> list[str]:
         """Category names of token windows from the classifier's category probe."""
-        names: list[str] = []
-        for start in range(0, len(windows), batch_size):
-            batch = self.tokenizer.pad({"input_ids": windows[start : start + batch_size]}, return_tensors="pt")
+        names: list[str] = [""] * len(windows)
+        for idx, batch in padded_batches(self.tokenizer, windows, batch_size):
             out = self.category_model(**{k: v.to(self.device) for k, v in batch.items()})  # type: ignore[misc]
-            names += [self.config.categories[c] for c in out.category_logits.argmax(-1).cpu().tolist()]
+            for j, c in zip(idx, out.category_logits.argmax(-1).cpu().tolist()):
+                names[j] = self.config.categories[c]
         return names
 
     def _combine(self, logits: list[float], categories: list[int | None]) -> Detection:

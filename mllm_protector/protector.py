@@ -134,7 +134,7 @@ class Protector:
         texts = [clean_text(r) for r in responses]
         plain = [clean_text(q) if q else q for q in queries]
         try:
-            found = self.detector.detect(texts, self._detector_queries(plain), categorize=categorize)
+            found = self.detector.detect(texts, self._detector_queries(plain), categorize=categorize, threshold=self.threshold)
             if len(found) != len(texts):
                 raise RuntimeError(f"{len(found)} scores for {len(texts)} texts")
         except Exception as exc:  # any detector error must stay with the item that caused it

@@ -32,7 +32,7 @@ class StubDetector:
         self.calls += 1
         return [0.9 if "step 1" in r.lower() else 0.1 for r in responses]
 
-    def detect(self, responses, queries=None, batch_size=32, categorize=True):
+    def detect(self, responses, queries=None, batch_size=32, categorize=True, threshold=None):
         return [Detection(score=s) for s in self.score(responses, queries, batch_size)]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data.records import Example
-from ..detector import DetectorConfig, encode_windows
+from ..detector import DetectorConfig, encode_windows, padded_batches
 from ..probe import PooledProbe, build_probe
 
 #: Backbone layers whose mean-pooled states feed the heads (MiniLM-L6: all six).
@@ -47,16 +47,13 @@ def extract_features(
     from ..probe import pooled_features
 
     encoded = encode_windows(tokenizer, config, responses, queries, max_windows=1)["input_ids"]
-    order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
     width = probe.backbone.config.hidden_size * len(probe.layers)
     out = np.zeros((len(encoded), width), dtype=np.float32)
-    for n, start in enumerate(range(0, len(order), batch_size)):
-        idx = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[j] for j in idx]}, return_tensors="pt")
+    for n, (idx, batch) in enumerate(padded_batches(tokenizer, encoded, batch_size)):
         feats = pooled_features(probe.backbone, batch["input_ids"], batch["attention_mask"], probe.layers)
         out[idx] = feats.float().numpy()
         if progress and n % 50 == 0:
-            logger.info("features: %d / %d", start + len(idx), len(order))
+            logger.info("features: %d / %d", n * batch_size + len(idx), len(encoded))
     return out
 
 
