@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.special import expit
 
 from ..eval.metrics import auroc, threshold_metrics
 from .probe import balanced_weights, fit_head
@@ -58,6 +59,9 @@ class Data:
         self.sources = np.array([r["source"] for r in self.rows])
         self.families = np.array([family_of(r["source"]) for r in self.rows])
         self.english = np.array([r.get("lang", "en") == "en" for r in self.rows])
+        #: Harmless rows whose false-positive rates the threshold rule caps.
+        self.benign_negatives = np.isin(self.sources, BENIGN) & (self.labels == 0)
+        self.dna_negatives = (self.sources == "do_not_answer_en") & (self.labels == 0)
 
     def subset(self, idx: np.ndarray) -> "Data":
         """The rows at `idx` (features are not carried over)."""
@@ -96,28 +100,22 @@ def loso_scores(data: Data, variants: Sequence[str], keep: np.ndarray, c: float)
     """Held-out logit of every example: each family scored by a head fitted without it."""
     x = data.matrix(variants)
     out = np.zeros(len(data.rows))
-    cache: dict[bytes, Any] = {}
+    last: tuple[bytes, Any] | None = None  # a family with no training rows reuses the previous fit
     for family in sorted(set(data.families)):
         test = data.families == family
         train = keep & ~test
         key = np.packbits(train).tobytes()
-        if key not in cache:
-            mean, scale, model = fit_head(x[train], data.labels[train], balanced_weights(data.sources[train], data.labels[train]), c)
-            cache = {key: (mean, scale, model)}  # folds rarely repeat; keep memory flat
-        mean, scale, model = cache[key]
+        if last is None or last[0] != key:
+            last = (key, fit_head(x[train], data.labels[train], balanced_weights(data.sources[train], data.labels[train]), c))
+        mean, scale, model = last[1]
         out[test] = model.decision_function((x[test] - mean) / scale)
     return out
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -700, 700)))
-
-
 def choose_transfer_threshold(data: Data, logits: np.ndarray) -> float:
     """Best macro-F1 over the LOSO families with benign FPR ≤ 2% and Do-Not-Answer harmless FPR ≤ 5%."""
-    scores = _sigmoid(logits)
-    benign = np.isin(data.sources, BENIGN) & (data.labels == 0)
-    dna = (data.sources == "do_not_answer_en") & (data.labels == 0)
+    scores = expit(logits)
+    benign, dna = data.benign_negatives, data.dna_negatives
     fams = [data.family_index(f, english=True) for f in data.loso_families()]
     best = (-1.0, 0.5)
     for t in np.unique(np.quantile(scores, np.linspace(0.0, 1.0, 801))):
@@ -133,7 +131,7 @@ def choose_transfer_threshold(data: Data, logits: np.ndarray) -> float:
 
 def summarize(data: Data, logits: np.ndarray, threshold: float) -> dict[str, Any]:
     """Per-family AUROC and metrics at `threshold`, LOSO mean/worst, benign and DNA FPR, per language."""
-    scores = _sigmoid(logits)
+    scores = expit(logits)
     by_family = {}
     for fam in sorted(set(data.families)):
         idx = data.family_index(fam, english=True)
@@ -142,8 +140,7 @@ def summarize(data: Data, logits: np.ndarray, threshold: float) -> dict[str, Any
                               **threshold_metrics(data.labels[idx], scores[idx], threshold)}
     loso = {f: by_family[f]["auroc"] for f in data.loso_families()}
     worst = min(loso, key=loso.__getitem__)
-    benign = np.isin(data.sources, BENIGN) & (data.labels == 0)
-    dna = (data.sources == "do_not_answer_en") & (data.labels == 0)
+    benign, dna = data.benign_negatives, data.dna_negatives
     by_lang = {}
     for lang in sorted({r.get("lang", "en") for r in data.rows}):
         idx = np.flatnonzero(np.array([r.get("lang", "en") == lang for r in data.rows]))
