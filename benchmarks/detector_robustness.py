@@ -25,6 +25,7 @@ from pathlib import Path
 from mllm_protector.config import data_dir
 from mllm_protector.data import load_corpus
 from mllm_protector.detector import HarmDetector
+from mllm_protector.protector import Protector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "translated_answers.jsonl"
 _CYRILLIC = str.maketrans({"a": "а", "c": "с", "e": "е", "o": "о", "p": "р", "x": "х", "y": "у", "i": "і"})
@@ -66,10 +67,11 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.time()
     detector = HarmDetector.from_pretrained(args.detector)
+    guard = Protector(detector)  # decides as in deployment: the detector's threshold, no detoxifier
     harmful, benign = _answers(data_dir(args.data_dir), args.n, args.seed)
 
     def flags(texts: list[str], queries: list[str | None]) -> list[bool]:
-        return [s >= detector.threshold for s in detector.score(texts, queries)]
+        return [v.harmful for v in guard.check_batch(queries, texts)]
 
     hq, bq = [e.query for e in harmful], [e.query for e in benign]
     obfuscation = {}

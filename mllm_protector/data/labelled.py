@@ -9,7 +9,6 @@ every answer to one question lands on one side of a split.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import DatasetError
@@ -46,7 +45,7 @@ def _label(value: object, where: str) -> int:
 
 def read_labelled_set(root: Path, name: str) -> Corpus:
     """One labelled set as a Corpus (no ranking pairs); empty responses are skipped."""
-    from .readers import _read_jsonl  # the shared JSONL(.gz) reader with per-line error messages
+    from .readers import _digest, _read_jsonl  # the shared JSONL(.gz) reader with per-line error messages
 
     path = root / FOLDER / name / "data.jsonl.gz"
     examples = []
@@ -56,7 +55,7 @@ def read_labelled_set(root: Path, name: str) -> Corpus:
             continue
         query = _text(row, "query", where)
         key = (query or response).strip().lower()
-        group = f"{name}:{hashlib.sha256(key.encode('utf-8', 'replace')).hexdigest()[:16]}"
+        group = f"{name}:{_digest(key)}"
         meta = {k: str(row[k]) for k in _META_KEYS if row.get(k) not in (None, "", "None")}
         examples.append(Example(response, _label(row.get("label"), where), query, name, group,
                                 _text(row, "category", where), meta))
