@@ -70,6 +70,15 @@ class DetectorConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def read(cls, folder: str | os.PathLike[str]) -> "DetectorConfig":
+        """The config saved in a detector folder."""
+        return cls.from_dict(json.loads((Path(folder) / CONFIG_NAME).read_text()))
+
+    def write(self, folder: str | os.PathLike[str]) -> None:
+        """Save as the folder's `detector_config.json`."""
+        (Path(folder) / CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
 
 def _prepare_backbone(model: torch.nn.Module, tokenizer: Any) -> None:
     """Decoders (LLaMA, SmolLM2) need a pad id so the head reads the last real token, as the original."""
@@ -91,7 +100,7 @@ def build_classifier(backbone: str, lora: bool, lora_r: int = 16, lora_alpha: in
 
 def load_trainable(path: str | os.PathLike[str]) -> tuple[Any, Any, DetectorConfig]:
     """A saved LoRA detector as a trainable PEFT model + tokenizer + its config, to continue training."""
-    config = DetectorConfig.from_dict(json.loads((Path(path) / CONFIG_NAME).read_text()))
+    config = DetectorConfig.read(path)
     if not (Path(path) / "adapter_config.json").is_file():
         raise ModelNotFoundError(f"{path} holds no LoRA adapter to continue training from")
     tokenizer = load_tokenizer(config.backbone)
@@ -227,7 +236,7 @@ class HarmDetector:
                 f"'{name_or_path}' is not a saved detector: {config_file} does not exist "
                 f"(shipped presets: {', '.join(PRESETS)}; or train one with `mllm-protector train detector`)"
             )
-        config = DetectorConfig.from_dict(json.loads(config_file.read_text()))
+        config = DetectorConfig.read(path)
         tokenizer = load_tokenizer(config.backbone)
         if config.kind == "probe":
             from .probe import build_probe
@@ -264,7 +273,7 @@ class HarmDetector:
 
     def save_config(self, path: str | os.PathLike[str]) -> None:
         """Write only the JSON config (threshold, metrics, training summary), e.g. after recalibration."""
-        (Path(path) / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        self.config.write(path)
 
     def encode(self, responses: Sequence[str], queries: Sequence[str | None] | None = None) -> dict[str, Any]:
         """Token windows for scoring; `sample` maps each window back to its response index."""

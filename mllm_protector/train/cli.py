@@ -6,7 +6,6 @@ import json
 import logging
 import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -136,11 +135,10 @@ def categories_command(
     """Give a fine-tuned detector harm categories: the probe's category head, run on flagged answers only."""
     import shutil
 
-    from ..detector import CONFIG_NAME, DetectorConfig
+    from ..detector import DetectorConfig
     from ..probe import WEIGHTS_NAME
 
-    target = DetectorConfig.from_dict(json.loads((detector_dir / CONFIG_NAME).read_text()))
-    source = DetectorConfig.from_dict(json.loads((probe / CONFIG_NAME).read_text()))
+    target, source = DetectorConfig.read(detector_dir), DetectorConfig.read(probe)
     if target.kind != "classifier" or source.kind != "probe" or not source.categories:
         raise typer.BadParameter("needs a classifier detector and a probe detector with a category head")
     if target.backbone != source.backbone:
@@ -156,7 +154,7 @@ def categories_command(
                                      "category_check": source.training.get("category_check"),
                                      "sources": sorted(source.training.get("by_source", {})),
                                      "command": "mllm-protector " + shlex.join(sys.argv[1:])}
-    (detector_dir / CONFIG_NAME).write_text(json.dumps(asdict(target), indent=2) + "\n")
+    target.write(detector_dir)
     typer.echo(f"{detector_dir}: categories {', '.join(target.categories)}; windows combined by {target.combine}")
 
 
