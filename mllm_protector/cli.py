@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import logging
 import platform
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .errors import ProtectorError
-from .jsonl import Line, iter_lines, open_input, open_output
-from .train.cli import app as train_app
-from .server.cli import serve as serve_command
 from .eval.cli import app as eval_app
+from .jsonl import Line, iter_lines, open_input, open_output
+from .server.cli import serve as serve_command
+from .train.cli import app as train_app
 
 app = typer.Typer(help="Safety layer for multimodal LLMs: detect harmful answers and detoxify them.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -129,7 +137,7 @@ def protect(
         return [{**r, "text": v.text, "action": v.action, "score": v.score, "harmful": v.harmful, "rounds": v.rounds,
                  **({"category": v.category} if v.category is not None else {}),
                  **({"error": v.error} if v.error else {})}
-                for r, v in zip(records, verdicts)]
+                for r, v in zip(records, verdicts, strict=True)]
 
     _run_jsonl(input, output, resume, ("response",), batch_size, _check_image, process, "protecting")
 
@@ -154,7 +162,7 @@ def score(
         verdicts = guard.check_batch([r.get("query") for r in records], [r["response"] for r in records])
         return [{**r, "score": v.score, "harmful": v.harmful,
                  **({"category": v.category} if v.category is not None else {}),
-                 **({"error": v.error} if v.error else {})} for r, v in zip(records, verdicts)]
+                 **({"error": v.error} if v.error else {})} for r, v in zip(records, verdicts, strict=True)]
 
     _run_jsonl(input, output, resume, ("response",), batch_size, lambda line: None, process, "scoring")
 

@@ -15,8 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from .config import DEFAULT_REFUSAL, PRETRAINED_DIR
-from .openai_api import ChatClient
 from .models import load_model, load_tokenizer
+from .openai_api import ChatClient
 
 logger = logging.getLogger(__name__)
 

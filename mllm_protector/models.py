@@ -53,7 +53,7 @@ def _convert_gguf(bundle: BundledModel, gguf_dir: Path, target: Path) -> None:
     logger.info("converting %s to safetensors in %s (one time)", bundle.gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=bundle.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=bundle.gguf_file)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by transformers at load time but not declared in its types
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + ".tmp")

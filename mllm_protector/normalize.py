@@ -13,6 +13,7 @@ import base64
 import binascii
 import re
 import unicodedata
+from functools import partial
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff"))
 
@@ -74,6 +75,11 @@ def _fold_confusables(text: str) -> str:
     return _WORD.sub(fold, text)
 
 
+def _drop_separators(sep: str, match: re.Match[str]) -> str:
+    """The letter run of `match` with its `sep` separators removed."""
+    return match.group(1).replace(sep, "")
+
+
 def _join_spaced(text: str) -> str:
     """'h o w  t o' → 'how to': letters split by one separator are joined; wider gaps stay word breaks.
 
@@ -84,7 +90,7 @@ def _join_spaced(text: str) -> str:
     changed = False
     for sep, (long_run, any_run) in _RUNS.items():
         if long_run.search(text):
-            text = any_run.sub(lambda m, sep=sep: m.group(1).replace(sep, ""), text)
+            text = any_run.sub(partial(_drop_separators, sep), text)
             changed = True
     return re.sub(r"(?<=\S)  +(?=\S)", " ", text) if changed else text
 

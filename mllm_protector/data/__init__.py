@@ -1,5 +1,14 @@
 """Dataset readers mapping every labelled source onto one record type, plus leakage-free splits."""
 
+from .detox import (
+    DetoxRecord,
+    build_detox_dataset,
+    pairs_to_detox,
+    read_detox_jsonl,
+    split_detox,
+    write_detox_jsonl,
+)
+from .hub import read_beavertails, read_pku_saferlhf_hub
 from .readers import (
     BENIGN_SOURCES,
     FIGSTEP_JUDGES,
@@ -18,15 +27,6 @@ from .readers import (
     read_vicuna80,
     read_vlguard,
 )
-from .detox import (
-    DetoxRecord,
-    build_detox_dataset,
-    pairs_to_detox,
-    read_detox_jsonl,
-    split_detox,
-    write_detox_jsonl,
-)
-from .hub import read_beavertails, read_pku_saferlhf_hub
 from .records import HARMFUL, HARMLESS, Corpus, Example, Pair
 from .splits import group_split, leave_out, split_pairs
 

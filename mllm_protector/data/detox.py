@@ -23,10 +23,10 @@ import json
 import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import data_dir
 from ..detoxifier import guidance_key, infer_category
@@ -511,13 +511,13 @@ def read_detox_jsonl(path: Path | str, source: str | None = None) -> list[DetoxR
         for key in ("category", "source", "group", "scenario"):
             if row.get(key) is not None and not isinstance(row[key], str):
                 raise DatasetError(f"{where}: field {key!r} must be a string")
-        category = row.get("category")
+        category, meta = row.get("category"), row.get("meta")
         records.append(DetoxRecord(
             row["query"], row["harmful"], row["target"],
             guidance_key(category) if category else infer_category(row["query"]),
             row.get("source") or source or path.stem,
             row.get("group") or f"{path.stem}:{_digest(_norm(row['query']))}",
             row.get("scenario"),
-            row.get("meta") if isinstance(row.get("meta"), dict) else {},
+            meta if isinstance(meta, dict) else {},
         ))
     return records

@@ -97,7 +97,7 @@ def read_pku_saferlhf_hub(source: str | os.PathLike[str], split: str = "train", 
         if safer is not None and safer not in (0, 1):
             raise DatasetError(f"{where}: field 'safer_response_id' must be 0 or 1, got {safer!r}")
         group = f"{name}:{_digest(prompt)}"
-        for text, is_safe in zip(responses, safe):
+        for text, is_safe in zip(responses, safe, strict=True):
             if text.strip():
                 corpus.examples.append(Example(text, HARMLESS if is_safe else HARMFUL, prompt, name, group))
             else:

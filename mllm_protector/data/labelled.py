@@ -39,7 +39,7 @@ def _text(row: dict, key: str, where: str) -> str | None:
 
 def _label(value: object, where: str) -> int:
     if value in (0, 1, "0", "1"):
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     raise DatasetError(f"{where}: label must be 0 or 1, got {value!r}")
 
 

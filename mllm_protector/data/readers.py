@@ -211,7 +211,7 @@ def read_figstep_qwen(root: Path, judge: str = "llama_loose") -> Corpus:
     rows = _read_csv(path)
     categories = _figstep_categories(root / "figstep" / "question" / "safebench.csv", rows)
     examples, skipped = [], 0
-    for (where, row), category in zip(rows, categories):
+    for (where, row), category in zip(rows, categories, strict=True):
         index = _field(row, "index", str, where)
         question = _field(row, "question", str, where)
         answer = _strip_chat(_field(row, "response", str, where), where)
@@ -243,7 +243,7 @@ def _figstep_categories(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> l
     if len(questions) != len(rows):
         raise DatasetError(f"{path}: {len(questions)} questions but {len(rows)} FigStep answers; rows must align")
     categories = []
-    for (where, row), (q_where, q_row) in zip(rows, questions):
+    for (where, row), (q_where, q_row) in zip(rows, questions, strict=True):
         if _field(row, "question", str, where) != _field(q_row, "question", str, q_where):
             raise DatasetError(f"{where}: question differs from {q_where}; rows must align 1:1")
         categories.append(_field(q_row, "category_name", str, q_where))
@@ -332,7 +332,8 @@ def read_hh_rlhf(root: Path) -> Corpus:
     """hh-rlhf harmless-base: the final chosen vs rejected answers as ranking pairs only (no labels:
     "chosen" is only *less* harmful, and both answers are often harmful or both benign)."""
     path = root / "hh_rlhf" / "test.jsonl.gz"
-    pairs, skipped = [], Counter()
+    pairs: list[Pair] = []
+    skipped: Counter[str] = Counter()
     for where, row in _read_jsonl(path):
         chosen = _last_exchange(_field(row, "chosen", str, where), where)
         rejected = _last_exchange(_field(row, "rejected", str, where), where)

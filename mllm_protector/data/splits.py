@@ -19,7 +19,7 @@ G = TypeVar("G", bound=_Grouped)
 
 def _bucket(group: str, seed: int) -> float:
     """A stable number in [0, 1) for a group: the same group always falls on the same side."""
-    digest = hashlib.sha256(f"{seed}:{group}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

@@ -20,10 +20,11 @@ import json
 import logging
 import re
 import textwrap
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..config import data_dir
 from ..data.readers import _read_json

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .metrics import brier_score, detector_report, expected_calibration_error, reliability_curve, roc_points
 

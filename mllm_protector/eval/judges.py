@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 
@@ -99,7 +100,7 @@ class _OneAtATime:
     def judge_batch(self, questions: Sequence[str | None], responses: Sequence[str],
                     scenarios: Sequence[str | None] | None = None) -> list[Judgement]:
         scenarios = scenarios or [None] * len(responses)
-        return [self.judge(q, r, s) for q, r, s in zip(questions, responses, scenarios)]
+        return [self.judge(q, r, s) for q, r, s in zip(questions, responses, scenarios, strict=True)]
 
 
 def _find(text: str, phrases: Sequence[str]) -> str | None:

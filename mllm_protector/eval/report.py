@@ -12,9 +12,10 @@ import html
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .benchmarks import scenario_label
 
@@ -28,7 +29,7 @@ class Block:
     headers: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     path: Path | None = None
-    children: list["Block"] = field(default_factory=list)
+    children: list[Block] = field(default_factory=list)
 
 
 def pct(value: Any, digits: int = 1) -> str:
@@ -137,7 +138,7 @@ def plot_asr(panels: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path,
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False, sharey=True)
-    for ax, (panel_title, rows) in zip(axes[0], panels):
+    for ax, (panel_title, rows) in zip(axes[0], panels, strict=True):
         labels = [scenario_label(r["key"]) for r in rows]
         x = np.arange(len(rows))
         before = [100 * (r.get("asr_before") or 0.0) for r in rows]
@@ -197,7 +198,7 @@ def plot_latency(series: Sequence[tuple[str, Sequence[float]]], path: Path) -> P
     plt = _pyplot()
     series = [(label, values) for label, values in series if len(values)]
     fig, axes = plt.subplots(1, max(1, len(series)), figsize=(5 * max(1, len(series)), 3.6), squeeze=False)
-    for ax, (label, values) in zip(axes[0], series):
+    for ax, (label, values) in zip(axes[0], series, strict=False):
         ax.hist(values, bins=30, color="#1f77b4")
         ax.set_xlabel("milliseconds")
         ax.set_ylabel("answers")

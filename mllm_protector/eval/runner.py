@@ -11,8 +11,9 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..errors import InputError, ProtectorError
 from ..jsonl import count_complete_lines
@@ -126,8 +127,8 @@ def run_benchmark(
                 questions, scenarios = [i.question for i in batch], [i.scenario for i in batch]
                 before = judge.judge_batch(questions, answers, scenarios)
                 after = [b if v.action == "pass" else a for b, v, a in zip(
-                    before, verdicts, _judge_replaced(judge, batch, verdicts))]
-            for k, (item, text, verdict) in enumerate(zip(batch, answers, verdicts)):
+                    before, verdicts, _judge_replaced(judge, batch, verdicts), strict=True)]
+            for k, (item, text, verdict) in enumerate(zip(batch, answers, verdicts, strict=True)):
                 row = {
                     **item.to_dict(),
                     "answer": text,
@@ -156,7 +157,7 @@ def _judge_replaced(judge: Judge, batch: list[BenchItem], verdicts: list[Any]) -
     judged = judge.judge_batch([batch[k].question for k in idx], [verdicts[k].text for k in idx],
                                [batch[k].scenario for k in idx]) if idx else []
     out: list[Any] = [None] * len(verdicts)
-    for k, j in zip(idx, judged):
+    for k, j in zip(idx, judged, strict=True):
         out[k] = j
     return out
 

@@ -21,9 +21,10 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..data import group_split
 from ..data.readers import (
@@ -142,7 +143,7 @@ def load_stored(
     for bench, name, reader in readers:
         examples = reader(root).examples
         totals[name] = len(examples)
-        for example, sampled in zip(examples, _sample_mask(len(examples), caps.get(name), seed)):
+        for example, sampled in zip(examples, _sample_mask(len(examples), caps.get(name), seed), strict=True):
             if sampled or (keep is not None and keep(example.group)):
                 out.append((bench, example, sampled))
     return out, totals
@@ -196,7 +197,7 @@ def protect_items(
         categories = [e.scenario for e in examples]
         verdicts = protector.protect_batch([e.query for e in examples], [e.response for e in examples], categories)
         replaced = []
-        for item, verdict in zip(chunk, verdicts):
+        for item, verdict in zip(chunk, verdicts, strict=True):
             item.score, item.flagged, item.action = verdict.score, verdict.harmful, verdict.action
             item.timings = dict(verdict.timings)
             if verdict.action != "pass":
@@ -204,14 +205,14 @@ def protect_items(
         if judge is not None and replaced:
             judged = judge.judge_batch([_judge_question(i.example, questions) for i, _ in replaced],
                                        [text for _, text in replaced], [i.example.scenario for i, _ in replaced])
-            for (item, _), j in zip(replaced, judged):
+            for (item, _), j in zip(replaced, judged, strict=True):
                 item.final_unsafe = j.unsafe
         if judge is not None and judge_originals:
             harmful = [i for i in chunk if i.bench in HARMFUL_SOURCES]
             if harmful:
                 judged = judge.judge_batch([_judge_question(i.example, questions) for i in harmful],
                                            [i.example.response for i in harmful], [i.example.scenario for i in harmful])
-                for item, j in zip(harmful, judged):
+                for item, j in zip(harmful, judged, strict=True):
                     item.original_judge_unsafe = j.unsafe
         done = min(total, lo + batch_size)
         if done == total or (lo // batch_size) % 10 == 0:
@@ -403,7 +404,7 @@ def lm_detox_sample(
         verdicts.append(protector.protect(e.query or "", e.response, e.scenario))
         logger.info("LM detox sample %d/%d: %s in %.1f s", len(verdicts), len(chosen), verdicts[-1].action,
                     verdicts[-1].timings.get("detox_ms", 0) / 1000)
-    detoxified = [(i, v) for i, v in zip(chosen, verdicts) if v.action == "detoxified"]
+    detoxified = [(i, v) for i, v in zip(chosen, verdicts, strict=True) if v.action == "detoxified"]
     judged = judge.judge_batch([_judge_question(i.example, questions) for i, _ in detoxified],
                                [v.text for _, v in detoxified], [i.example.scenario for i, _ in detoxified]) if detoxified else []
     return {

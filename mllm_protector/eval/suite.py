@@ -8,8 +8,9 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..config import data_dir
 from .detector_eval import describe_detector, evaluate_scores

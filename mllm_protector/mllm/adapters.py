@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
 import httpx
 
 from ..errors import InputError
 from ..openai_api import ChatClient
 
-ImageInput = Union[str, os.PathLike, bytes, "PIL.Image.Image", None]  # noqa: F821
+if TYPE_CHECKING:
+    from PIL import Image
+
+ImageInput = Union[str, os.PathLike, bytes, "Image.Image", None]
 
 
 @runtime_checkable
@@ -92,7 +96,8 @@ class HFLocalMLLM:
 
         from ..models import resolve_model
 
-        self.pipe = pipeline("image-text-to-text", model=resolve_model(model), device=device)
+        # Typed for the chat-format call of `generate` (one result per chat), which the pipeline's overloads leave out.
+        self.pipe: Callable[..., list[dict[str, Any]]] = pipeline("image-text-to-text", model=resolve_model(model), device=device)
         self.max_new_tokens = max_new_tokens
 
     def generate(self, query: str, image: ImageInput = None) -> str:

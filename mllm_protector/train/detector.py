@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ from transformers import Trainer, TrainingArguments
 from ..data.readers import BENIGN_SOURCES
 from ..data.records import Corpus, Example, Pair
 from ..data.splits import group_split, split_pairs
-from ..detector import DetectorConfig, HarmDetector, build_classifier, encode_windows, load_trainable
+from ..detector import DetectorConfig, HarmDetector, InputFormat, build_classifier, encode_windows, load_trainable
+from ..errors import InputError
 from ..eval.metrics import choose_threshold, detector_report
 
 logger = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def _pointwise_items(
     pos_weight = (len(examples) - n_pos) / n_pos if balance and n_pos else 1.0
     encoded = encode_windows(tokenizer, config, [e.response for e in examples], [e.query for e in examples], max_windows=1)
     items = []
-    for ids, example in zip(encoded["input_ids"], examples):
+    for ids, example in zip(encoded["input_ids"], examples, strict=True):
         weight = pos_weight if example.label == 1 else 1.0
         items.append({"input_ids": ids, "label": example.label, "weight": weight})
         if len(ids) > 48 and rng.random() < augment:
@@ -153,6 +155,15 @@ def scores_report(examples: Sequence[Example], scores: Sequence[float], threshol
     return report
 
 
+def _input_format(value: str) -> InputFormat:
+    """`value` as a detector input format; InputError names the choices when it is none of them."""
+    formats: tuple[InputFormat, ...] = get_args(InputFormat)
+    for fmt in formats:
+        if value == fmt:
+            return fmt
+    raise InputError(f"unknown input format {value!r}: choose one of {', '.join(formats)}")
+
+
 def train_detector(
     args: DetectorTrainingArguments,
     train: Sequence[Example],
@@ -165,10 +176,11 @@ def train_detector(
         model, tokenizer, saved = load_trainable(args.init_from)
         backbone, input_format, lora = saved.backbone, saved.input_format, True
     else:
+        input_format = _input_format(args.input_format)  # checked before the backbone loads
         model, tokenizer = build_classifier(args.backbone, args.lora, args.lora_r, args.lora_alpha)
-        backbone, input_format, lora = args.backbone, args.input_format, args.lora
+        backbone, lora = args.backbone, args.lora
     config = DetectorConfig(
-        backbone=backbone, max_length=args.max_length, stride=args.stride, input_format=input_format, lora=lora  # type: ignore[arg-type]
+        backbone=backbone, max_length=args.max_length, stride=args.stride, input_format=input_format, lora=lora
     )
     items = _pointwise_items(train, tokenizer, config, args.truncation_augment, args.balance, args.seed)
     items += _pair_items(pairs, tokenizer, config) if args.pairwise_weight > 0 else []

@@ -175,7 +175,8 @@ def build_model(args: DetoxTrainingArguments) -> tuple[Any, Any]:
     import transformers
 
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    model = load_model(args.model, AutoModelForCausalLM, **{dtype_key: torch.float32})
+    dtype_arg: dict[str, Any] = {dtype_key: torch.float32}
+    model = load_model(args.model, AutoModelForCausalLM, **dtype_arg)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if args.lora:
@@ -217,8 +218,10 @@ def train_detoxifier(
     val_before = _validation_loss(trainer, val_rows) if val_rows else None
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     if trainer.seen_examples is not None:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        seen_path = Path(args.output_dir) / f"seen_examples_rank{args.process_index}.json"
+        assert args.output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
+        output_dir = Path(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        seen_path = output_dir / f"seen_examples_rank{args.process_index}.json"
         seen_path.write_text(json.dumps(sorted(trainer.seen_examples)))
     history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
     report: dict[str, Any] = {
@@ -248,10 +251,10 @@ _CARD_ARGS = {
 def _validation_loss(trainer: DetoxTrainer, rows: list[dict[str, Any]], batch_size: int = 8, limit: int = 64) -> float:
     """Token-weighted mean target loss on the first `limit` validation rows (no gradient)."""
     rows = rows[:limit]
-    model = trainer.model
+    model, collate = trainer.model, trainer.data_collator
+    assert model is not None and isinstance(collate, DetoxCollator), "train_detoxifier builds the trainer with both"
     was_training = model.training
     model.eval()
-    collate = DetoxCollator(trainer.data_collator.pad_token_id)  # type: ignore[attr-defined]
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
@@ -357,10 +360,10 @@ def render_model_card(folder: str | Path) -> str:
         "them; use it behind a harm detector (the `Protector` re-checks every rewrite and falls back to a "
         "fixed refusal). Greedy decoding; 135M parameters: rewrites are short and generic, not expert answers.\n",
         "## Training data\n",
-        f"Records (query, harmful answer, target safe answer, category) built by "
-        f"`mllm_protector.data.detox.build_detox_dataset` from the shared data folder, split by query "
-        f"(no query in both train and validation). Train split (after the `--max-per-source` caps of the "
-        f"command below):\n",
+        "Records (query, harmful answer, target safe answer, category) built by "
+        "`mllm_protector.data.detox.build_detox_dataset` from the shared data folder, split by query "
+        "(no query in both train and validation). Train split (after the `--max-per-source` caps of the "
+        "command below):\n",
     ]
     if data.get("train"):
         parts.append(_table(data["train"]["by_source_category"], columns) + "\n")
