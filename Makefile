@@ -25,8 +25,8 @@ test:
 test-fast:
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
-# Ruff and mypy (settings in pyproject.toml) on the guard: the Protector and the proxy, and their tests.
-LINT_PATHS := mllm_protector/protector.py mllm_protector/openai_api.py mllm_protector/server tests/servers.py tests/stream_fixtures.py tests/test_protector.py \
+# Ruff and mypy (settings in pyproject.toml) on the whole package, and the guard's tests.
+LINT_PATHS := mllm_protector tests/servers.py tests/stream_fixtures.py tests/test_protector.py \
 	tests/test_server_hardening.py tests/test_stream_leaks.py benchmarks/stream_calibration.py benchmarks/stream_check.py
 lint:
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -30,6 +30,22 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str, float, str]] = {
     "probe Q+R, all": (("response", "query"), "all", 0.05, "the question's features beside the answer's"),
     "probe R, all, C=0.01": (("response",), "all", 0.01, "stronger regularisation"),
     "probe R, all, C=0.2": (("response",), "all", 0.2, "weaker regularisation"),
+    "probe SmolLM2 R, all": (("smollm2/response",), "all", 0.05, "capacity: frozen SmolLM2-135M-Instruct (6× MiniLM) instead of MiniLM"),
+    "probe SmolLM2 Q+R, all": (("smollm2/query_response",), "all", 0.05, "SmolLM2 reading question and answer in one sequence"),
+    "probe MiniLM+SmolLM2 R, all": (("response", "smollm2/response"), "all", 0.05, "both backbones' features side by side"),
+}
+#: Fine-tuned rows (benchmarks/detector_loso_finetune.py, `finetune_<name>.json` in the cache) and what they test.
+FINETUNED = {
+    "full": "full fine-tune of MiniLM on all sources (source-balanced), 4-fold leave-sources-out",
+    "lora": "LoRA fine-tune of MiniLM on all sources (source-balanced), 4-fold leave-sources-out",
+    "full_qr": "full fine-tune of MiniLM, question + answer input, 4-fold leave-sources-out",
+}
+#: Ensembles: the mean of the members' standardised held-out logits (every member never saw the scored family).
+ENSEMBLES = {
+    "ensemble: full FT + SmolLM2 probe": ("fine-tuned: full", "probe SmolLM2 R, all"),
+    "ensemble: full FT Q+R + SmolLM2 probe": ("fine-tuned: full_qr", "probe SmolLM2 R, all"),
+    "ensemble: full FT + full FT Q+R": ("fine-tuned: full", "fine-tuned: full_qr"),
+    "ensemble: full FT + full FT Q+R + SmolLM2 probe": ("fine-tuned: full", "fine-tuned: full_qr", "probe SmolLM2 R, all"),
 }
 
 
@@ -47,21 +63,35 @@ def main() -> None:
         args.out.write_text(render(saved["results"], data, saved["command"]))
         return
     results = {}
+    held_out: dict[str, np.ndarray] = {}  # held-out logits per experiment, for the ensembles
     names = [n for n in EXPERIMENTS if not args.only or n in args.only]
     for name in names:
         variants, train_filter, c, _ = EXPERIMENTS[name]
-        if not all((args.features / f"feat_{v}.npy").is_file() for v in variants):
+        if not all(data.feature_path(v).is_file() for v in variants):
             print(f"skip {name}: features missing", flush=True)
             continue
         t0 = time.time()
         keep = data.train_mask(train_filter)
-        oof = loso_scores(data, variants, keep, c)
+        oof = held_out[name] = loso_scores(data, variants, keep, c)
         threshold = choose_transfer_threshold(data, oof)
         results[name] = {**summarize(data, oof, threshold), "wall_s": time.time() - t0, "c": c,
                          "variants": variants, "train": train_filter, "ms_per_answer": ms_per_answer(data, variants)}
         r = results[name]
         print(f"{name}: mean {r['loso_mean_auroc']:.3f} worst {r['loso_worst_auroc']:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
+    for key in FINETUNED:
+        saved_run = args.features / f"finetune_{key}.json"
+        if saved_run.is_file():
+            results[f"fine-tuned: {key}"] = json.loads(saved_run.read_text())
+            held_out[f"fine-tuned: {key}"] = np.load(args.features / f"finetune_{key}_logits.npy")
+    for name, members in ENSEMBLES.items():
+        if all(m in held_out for m in members):
+            z = np.mean([(held_out[m] - np.nanmean(held_out[m])) / np.nanstd(held_out[m]) for m in members], axis=0)
+            rows = np.flatnonzero(~np.isnan(z))
+            sub = data.subset(rows)
+            results[name] = {**summarize(sub, z[rows], choose_transfer_threshold(sub, z[rows])), "c": None, "variants": [],
+                             "train": "ensemble", "wall_s": sum(results[m]["wall_s"] for m in members),
+                             "ms_per_answer": sum(results[m]["ms_per_answer"] for m in members)}
     if args.baseline:  # cached beside the features: scoring with a fine-tuned detector is the slow part
         cached = args.features / f"baseline_{Path(args.baseline).name}.json"
         if not cached.is_file():
@@ -83,17 +113,18 @@ def ms_per_answer(data: Data, variants: tuple[str, ...], n: int = 200) -> float:
     from mllm_protector.detector import DetectorConfig
     from mllm_protector.models import load_tokenizer
     from mllm_protector.probe import build_probe
-    from mllm_protector.train.probe import LAYERS, VARIANTS, extract_features
+    from mllm_protector.train.probe import VARIANTS, extract_features
 
     total = 0.0
     for v in variants:
         if v not in _SPEED:
             torch.set_num_threads(2)
             rows = [data.rows[i] for i in np.random.default_rng(0).choice(len(data.rows), n, replace=False)]
-            probe, tokenizer = build_probe("minilm-l6", LAYERS), load_tokenizer("minilm-l6")
-            fmt = "query_response" if v == "query_response" else "response"
-            config = DetectorConfig(max_length=VARIANTS[v], stride=16, input_format=fmt)  # type: ignore[arg-type]
-            texts = [r["query"] or "" for r in rows] if v == "query" else [r["response"] for r in rows]
+            meta = json.loads((data.feature_path(v).parent / "features.json").read_text())
+            probe, tokenizer = build_probe(meta["backbone"], meta["layers"]), load_tokenizer(meta["backbone"])
+            fmt = Path(v).name
+            config = DetectorConfig(backbone=meta["backbone"], max_length=VARIANTS[fmt], stride=16, input_format="query_response" if fmt == "query_response" else "response")
+            texts = [r["query"] or "" for r in rows] if fmt == "query" else [r["response"] for r in rows]
             t0 = time.perf_counter()
             extract_features(probe, tokenizer, config, texts, [r["query"] for r in rows] if fmt == "query_response" else None)
             _SPEED[v] = (time.perf_counter() - t0) * 1000 / n
@@ -140,7 +171,8 @@ def render(results: dict, data: Data, command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        what = EXPERIMENTS[name][3] if name in EXPERIMENTS else "the shipped fine-tuned LoRA detector (its training sources are in-distribution, the rest unseen; ≤200 rows per family and label)"
+        what = (EXPERIMENTS[name][3] if name in EXPERIMENTS else FINETUNED[name.split(": ", 1)[1]] if name.startswith("fine-tuned: ")
+                else "mean of the members' standardised held-out logits" if name in ENSEMBLES else "the shipped fine-tuned LoRA detector (its training sources are in-distribution, the rest unseen; ≤200 rows per family and label)")
         lines.append(
             f"| {name} | {what} | {r['loso_mean_auroc']:.3f} | {r['loso_worst_auroc']:.3f} ({r['loso_worst_family']}) "
             f"| {r['macro_f1']:.3f} | {r['benign_fpr']:.3f} | {r['dna_fpr']:.3f} | {r['threshold']:.3f} | {r['ms_per_answer']:.1f} | {r['wall_s']:.0f} |"

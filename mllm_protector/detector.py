@@ -15,9 +15,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "detector_config.json"
 InputFormat = Literal["response", "query_response"]
+Combine = Literal["max", "max_corrected"]
 #: Shipped presets: short names for folders under `mllm_protector/pretrained/`.
 PRESETS = {"default": "detector-default"}
 #: How many query tokens at most precede each response window in the query_response format.
@@ -59,19 +61,19 @@ class DetectorConfig:
     categories: list[str] = field(default_factory=list)
     category_weights: str | None = None
     normalize: bool = True
-    combine: Literal["max", "max_corrected"] = "max"
+    combine: Combine = "max"
     label_convention: str = "sigmoid(logit) = P(harmful); 1 = harmful, 0 = harmless"
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DetectorConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
         """Build from JSON, ignoring unknown keys so newer files still load."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def read(cls, folder: str | os.PathLike[str]) -> "DetectorConfig":
+    def read(cls, folder: str | os.PathLike[str]) -> DetectorConfig:
         """The config saved in a detector folder."""
         return cls.from_dict(json.loads((Path(folder) / CONFIG_NAME).read_text()))
 
@@ -80,7 +82,7 @@ class DetectorConfig:
         (Path(folder) / CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
-def _prepare_backbone(model: torch.nn.Module, tokenizer: Any) -> None:
+def _prepare_backbone(model: Any, tokenizer: Any) -> None:
     """Decoders (LLaMA, SmolLM2) need a pad id so the head reads the last real token, as the original."""
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -225,7 +227,7 @@ class HarmDetector:
         return self.config.threshold
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", device: str | None = None) -> "HarmDetector":
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", device: str | None = None) -> HarmDetector:
         """Load a saved detector folder, or a shipped preset name (`default`)."""
         from transformers import AutoModelForSequenceClassification
 
@@ -297,7 +299,7 @@ class HarmDetector:
             values = out.logits.squeeze(-1).float().cpu().tolist()
             categories = getattr(out, "category_logits", None)
             best = categories.argmax(-1).cpu().tolist() if categories is not None else [None] * len(idx)
-            for j, value, cat in zip(idx, values, best):
+            for j, value, cat in zip(idx, values, best, strict=True):
                 window_logits[j], window_categories[j] = value, cat
         per_response: list[list[int]] = [[] for _ in responses]
         for j, i in enumerate(sample):
@@ -307,7 +309,7 @@ class HarmDetector:
             cut = self.threshold if threshold is None else threshold
             flagged = [i for i, d in enumerate(found) if d.score >= cut]
             tops = [max(per_response[i], key=window_logits.__getitem__) for i in flagged]
-            for i, name in zip(flagged, self._categories([windows[j] for j in tops], batch_size)):
+            for i, name in zip(flagged, self._categories([windows[j] for j in tops], batch_size), strict=True):
                 found[i].category = name
         return found
 
@@ -316,7 +318,7 @@ class HarmDetector:
         names: list[str] = [""] * len(windows)
         for idx, batch in padded_batches(self.tokenizer, windows, batch_size):
             out = self.category_model(**{k: v.to(self.device) for k, v in batch.items()})  # type: ignore[misc]
-            for j, c in zip(idx, out.category_logits.argmax(-1).cpu().tolist()):
+            for j, c in zip(idx, out.category_logits.argmax(-1).cpu().tolist(), strict=True):
                 names[j] = self.config.categories[c]
         return names
 

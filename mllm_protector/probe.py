@@ -9,9 +9,10 @@ The head weights are a few KB (`probe.safetensors`); an optional second head nam
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -39,6 +40,9 @@ class PooledProbe(torch.nn.Module):
 
     Called like a sequence classifier: `model(input_ids=..., attention_mask=...).logits` is (batch, 1).
     """
+
+    mean: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, backbone: Any, layers: Sequence[int], n_categories: int = 0):
         super().__init__()

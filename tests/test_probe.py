@@ -43,7 +43,7 @@ def test_loso_scores_every_row_with_a_head_that_never_saw_its_family(cache: Path
 
 
 def test_train_save_load_roundtrip(cache: Path, tmp_path: Path) -> None:
-    detector, report = train_probe(cache, "response", "all", 0.05, "minilm-l6", 128, 32, "max_corrected")
+    detector, report = train_probe(cache, "response", "all", 0.05, 128, 32, "max_corrected")
     assert report["loso"]["threshold"] == detector.threshold
     detector.save_pretrained(tmp_path / "probe")
     saved = json.loads((tmp_path / "probe" / "detector_config.json").read_text())

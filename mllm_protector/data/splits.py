@@ -17,7 +17,7 @@ class _Grouped(Protocol):
 G = TypeVar("G", bound=_Grouped)
 
 
-def _bucket(group: str, seed: int) -> float:
+def group_bucket(group: str, seed: int) -> float:
     """A stable number in [0, 1) for a group: the same group always falls on the same side."""
     digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -31,7 +31,7 @@ def group_split(items: Sequence[G], val_fraction: float, seed: int = 0) -> tuple
     train: list[G] = []
     val: list[G] = []
     for item in items:
-        (val if _bucket(item.group, seed) < val_fraction else train).append(item)
+        (val if group_bucket(item.group, seed) < val_fraction else train).append(item)
     return train, val
 
 

@@ -108,16 +108,23 @@ def probe_command(
     """Train a probe detector (frozen backbone + linear heads); threshold chosen leave-one-source-out."""
     from ..data.labelled import labelled_sets
     from ..data.readers import SOURCES
-    from ..train.probe import build_feature_cache, sample, train_probe
+    from ..detector import Combine, InputFormat
+    from ..train.probe import build_feature_cache, cache_backbone, sample, train_probe
 
     if variant not in ("response", "query_response"):
         raise typer.BadParameter(f"--variant must be response or query_response, got {variant!r}")
+    if combine not in ("max", "max_corrected"):
+        raise typer.BadParameter(f"--combine must be max or max_corrected, got {combine!r}")
+    input_format: InputFormat = "query_response" if variant == "query_response" else "response"
+    combine_mode: Combine = "max_corrected" if combine == "max_corrected" else "max"
+    if (features / "features.json").is_file() and cache_backbone(features)[0] != backbone:
+        raise typer.BadParameter(f"{features} holds {cache_backbone(features)[0]} features, not {backbone}: pick another --features folder")
     if not (features / f"feat_{variant}.npy").is_file():
         root = data_dir(data_dir_)
         names = sources.split(",") if sources else [s for s in SOURCES if s != "hh_rlhf"] + labelled_sets(root)
         corpus = load_corpus(root, names)
         build_feature_cache(sample(corpus.examples, cap, seed), features, backbone, [variant])
-    detector_model, report = train_probe(features, variant, mix, c, backbone, max_length, stride, combine)
+    detector_model, report = train_probe(features, input_format, mix, c, max_length, stride, combine_mode)
     detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
     detector_model.save_pretrained(output_dir)
     (output_dir / "training_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -210,7 +217,15 @@ def detoxifier(
     resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in output-dir/checkpoints."),
 ) -> None:
     """Fine-tune a detoxifier (loss on target tokens only); save adapter, training report and model card."""
-    from ..data.detox import build_detox_dataset, cap_per_source, pairs_to_detox, read_detox_jsonl, split_detox, summarize, write_detox_jsonl
+    from ..data.detox import (
+        build_detox_dataset,
+        cap_per_source,
+        pairs_to_detox,
+        read_detox_jsonl,
+        split_detox,
+        summarize,
+        write_detox_jsonl,
+    )
     from ..train.detoxifier import DetoxTrainingArguments, render_model_card, save_detoxifier, train_detoxifier
 
     extra = [r for path in jsonl for r in read_detox_jsonl(path)]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import expit
@@ -50,7 +51,7 @@ class Data:
     features: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, folder: Path) -> "Data":
+    def load(cls, folder: Path) -> Data:
         with (folder / "examples.jsonl").open() as handle:
             return cls([json.loads(line) for line in handle], folder)
 
@@ -63,15 +64,21 @@ class Data:
         self.benign_negatives = np.isin(self.sources, BENIGN) & (self.labels == 0)
         self.dna_negatives = (self.sources == "do_not_answer_en") & (self.labels == 0)
 
-    def subset(self, idx: np.ndarray) -> "Data":
+    def subset(self, idx: np.ndarray) -> Data:
         """The rows at `idx` (features are not carried over)."""
         return Data([self.rows[i] for i in idx], self.folder)
+
+    def feature_path(self, variant: str) -> Path:
+        """File of a variant: `response` is `feat_response.npy` here; `smollm2/response` is in the
+        `smollm2` sub-cache (another backbone's features of the same examples)."""
+        sub = Path(variant)
+        return self.folder / sub.parent / f"feat_{sub.name}.npy"
 
     def matrix(self, variants: Sequence[str]) -> np.ndarray:
         """Features of the given variants side by side (float32)."""
         for v in variants:
             if v not in self.features:
-                self.features[v] = np.load(self.folder / f"feat_{v}.npy").astype(np.float32)
+                self.features[v] = np.load(self.feature_path(v)).astype(np.float32)
         return np.concatenate([self.features[v] for v in variants], axis=1)
 
     def train_mask(self, mix: str) -> np.ndarray:

@@ -13,19 +13,32 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..data.records import Example
-from ..detector import DetectorConfig, encode_windows, padded_batches
+from ..detector import Combine, DetectorConfig, InputFormat, encode_windows, padded_batches
 from ..probe import PooledProbe, build_probe
 
-#: Backbone layers whose mean-pooled states feed the heads (MiniLM-L6: all six).
-LAYERS = (1, 2, 3, 4, 5, 6)
+#: Backbone layers whose mean-pooled states feed the heads, per backbone (MiniLM-L6: all six;
+#: SmolLM2-135M: every fourth of its 30 decoder layers and the last).
+LAYERS: dict[str, tuple[int, ...]] = {"minilm-l6": (1, 2, 3, 4, 5, 6), "smollm2-135m-instruct": (4, 8, 12, 16, 20, 24, 28, 30)}
+
+
+def layers_for(backbone: str) -> tuple[int, ...]:
+    """The pooled layers for a backbone: the table above, or every layer of an unknown encoder."""
+    if backbone in LAYERS:
+        return LAYERS[backbone]
+    from transformers import AutoConfig
+
+    from ..models import resolve_model
+
+    return tuple(range(1, AutoConfig.from_pretrained(resolve_model(backbone)).num_hidden_layers + 1))
 #: Input variants a feature cache can hold, with their token budget: the answer alone, the question
 #: and answer in one sequence ("Question: q / Answer: a"), the question alone.
 VARIANTS = {"response": 128, "query": 48, "query_response": 128}
@@ -99,7 +112,7 @@ def _fit_linear(z: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, c
     return LinearHead(model.coef_ @ basis, model.intercept_, model.classes_)
 
 
-def fit_head(features: np.ndarray, labels: Sequence[int], weights: np.ndarray, c: float = 0.05,
+def fit_head(features: np.ndarray, labels: Sequence[int] | np.ndarray, weights: np.ndarray, c: float = 0.05,
              components: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray, LinearHead]:
     """Standardise features and fit the harm head; returns (mean, scale, head)."""
     mean, scale = _standardise(features)
@@ -139,14 +152,19 @@ def sample(examples: Sequence[Example], cap: int, seed: int) -> list[Example]:
 
 
 def build_feature_cache(examples: Sequence[Example], out: Path, backbone: str, variants: Sequence[str]) -> None:
-    """Write `examples.jsonl` and `feat_<variant>.npy` (float16) under `out`; existing variants are kept."""
+    """Write `examples.jsonl`, `features.json` (backbone, layers) and `feat_<variant>.npy` (float16) under `out`.
+
+    Existing variants are kept.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    layers = layers_for(backbone)
+    (out / "features.json").write_text(json.dumps({"backbone": backbone, "layers": list(layers)}) + "\n")
     with (out / "examples.jsonl").open("w") as handle:
         for e in examples:
             handle.write(json.dumps({"source": e.source, "label": e.label, "group": e.group, "scenario": e.scenario,
                                      "lang": e.meta.get("lang", "en"), "label_source": e.meta.get("label_source", ""),
                                      "query": e.query, "response": e.response}, ensure_ascii=False) + "\n")
-    probe = build_probe(backbone, LAYERS)
+    probe = build_probe(backbone, layers)
     from ..models import load_tokenizer
 
     tokenizer = load_tokenizer(backbone)
@@ -164,6 +182,12 @@ def build_feature_cache(examples: Sequence[Example], out: Path, backbone: str, v
         logger.info("variant %s: %.1f s (%.1f examples/s)", variant, time.time() - t0, len(texts) / (time.time() - t0))
 
 
+def cache_backbone(cache: Path) -> tuple[str, list[int]]:
+    """The backbone and pooled layers a feature cache was computed with (its `features.json`)."""
+    meta = json.loads((cache / "features.json").read_text())
+    return str(meta["backbone"]), [int(x) for x in meta["layers"]]
+
+
 def fit_category_head(features: np.ndarray, categories: Sequence[str | None], mean: np.ndarray, scale: np.ndarray,
                       c: float, components: int = 256) -> tuple[LinearHead, list[str]]:
     """Multinomial head naming the category of harmful rows (rows without a category are skipped)."""
@@ -179,10 +203,10 @@ def fit_category_head(features: np.ndarray, categories: Sequence[str | None], me
 def category_accuracy(features: np.ndarray, categories: Sequence[str | None], groups: Sequence[str],
                       mean: np.ndarray, scale: np.ndarray, c: float, val_fraction: float = 0.2) -> dict[str, Any]:
     """Accuracy of the category head on a question-group split (fitted on the rest), overall and per category."""
-    from ..data.splits import _bucket
+    from ..data.splits import group_bucket
 
-    val = np.array([_bucket(g, 0) < val_fraction for g in groups])
-    train_cats = [cat if not v else None for cat, v in zip(categories, val)]
+    val = np.array([group_bucket(g, 0) < val_fraction for g in groups])
+    train_cats = [cat if not v else None for cat, v in zip(categories, val, strict=True)]
     head, names = fit_category_head(features, train_cats, mean, scale, c)
     idx = [i for i, cat in enumerate(categories) if cat and val[i]]
     pred = np.array(names)[np.argmax(head.decision_function((features[idx] - mean) / scale), axis=1)]
@@ -193,7 +217,7 @@ def category_accuracy(features: np.ndarray, categories: Sequence[str | None], gr
 
 
 def train_probe(
-    cache: Path, variant: str, mix: str, c: float, backbone: str, max_length: int, stride: int, combine: str,
+    cache: Path, variant: InputFormat, mix: str, c: float, max_length: int, stride: int, combine: Combine,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit harm and category heads on the cached features; threshold and metrics come from LOSO.
 
@@ -205,6 +229,7 @@ def train_probe(
     from ..models import load_tokenizer
     from .loso import Data, choose_transfer_threshold, loso_scores, summarize
 
+    backbone, layers = cache_backbone(cache)
     data = Data.load(cache)
     keep = data.train_mask(mix)
     t0 = time.time()
@@ -220,11 +245,10 @@ def train_probe(
             if data.labels[i] == 1 else None for i in idx]
     category_check = category_accuracy(x[idx], cats, [data.rows[i]["group"] for i in idx], mean, scale, c)
     category, names = fit_category_head(x[idx], cats, mean, scale, c)
-    probe = build_probe(backbone, LAYERS, len(names))
+    probe = build_probe(backbone, layers, len(names))
     install_heads(probe, mean, scale, harm, category)
     config = DetectorConfig(backbone=backbone, threshold=threshold, max_length=max_length, stride=stride,
-                            input_format="query_response" if variant == "query_response" else "response",  # type: ignore[arg-type]
-                            lora=False, kind="probe", layers=list(LAYERS), categories=names, combine=combine)  # type: ignore[arg-type]
+                            input_format=variant, lora=False, kind="probe", layers=layers, categories=names, combine=combine)
     config.metrics = {"loso": {k: v for k, v in loso.items()}}
     config.training = {"features": str(cache), "variant": variant, "mix": mix, "c": c, "examples": int(len(idx)),
                        "by_source": {s: {"harmful": int(((data.sources == s) & keep & (data.labels == 1)).sum()),
