@@ -136,7 +136,7 @@ def render(folder: Path, name: str) -> tuple[str, str]:
     )
     mixed = {s: m["auroc"] for s, m in metrics["by_source"].items() if 0 < m["harmful"] < m["n"]}
     if mixed:  # the pooled AUROC also rewards telling sources apart; say how it looks inside each source
-        low, high = min(mixed, key=mixed.get), max(mixed, key=mixed.get)
+        low, high = min(mixed, key=mixed.__getitem__), max(mixed, key=mixed.__getitem__)
         headline += (
             f" The pooled AUROC is helped by sources that hold only harmless answers: inside the {len(mixed)} sources "
             f"with both labels it ranges from {fmt(mixed[low])} ({low}) to {fmt(mixed[high])} ({high})."
@@ -205,8 +205,39 @@ def _license(source: str) -> str:
     return "see source"
 
 
-def render_probe(folder: Path, name: str) -> tuple[str, str]:
-    """(model card, results fragment) for a probe detector: training data, LOSO tables, categories."""
+def _held_out_model(config: dict, folder: Path) -> str:
+    """What the model is: a frozen backbone with probe heads, or a fine-tuned classifier (LoRA or full)."""
+    if config["kind"] == "probe":
+        return (f"Backbone `{config['backbone']}`, **frozen**; trained linear heads on the mean-pooled hidden states of layers "
+                f"{config['layers']} (a \"probe\"; the heads are {(folder / 'probe.safetensors').stat().st_size // 1024} KB).")
+    args = config["training"]["arguments"]
+    return (f"Backbone `{config['backbone']}` fine-tuned with a one-output linear head "
+            f"({'LoRA adapter (r=16, all linear layers) + head' if args['lora'] else 'full fine-tune'}).")
+
+
+def _held_out_training(config: dict) -> str:
+    """How the weights were fitted and where the threshold comes from."""
+    training = config["training"]
+    if config["kind"] == "probe":
+        return f"""Harm head: L2 logistic regression (C={training['c']}, in the top 256 principal directions of the
+standardised features, folded back into one linear layer), every (source, label) cell given the same total
+weight; training rows: `{training['mix']}` ({training['examples']} answers, features `{training['variant']}`).
+Category head: multinomial logistic regression on {training['category_examples']} harmful answers whose set
+names a category (mapped by `mllm_protector/categories.py`) or whose question matches a keyword rule.{_category_check(training.get('category_check'))}
+The threshold is chosen on the pooled leave-one-source-out scores (best macro-F1 with benign FPR ≤ 2% and
+Do-Not-Answer harmless FPR ≤ 5%), so it is the one an unseen source meets."""
+    args = training["arguments"]
+    return f"""Loss: class-weighted BCE; 1 epoch, lr {args['learning_rate']}, batch 16, {args['max_length']}-token first windows
+(30% also seen as a random-length prefix), source-balanced: at most {args['cap']} answers per English (source, label)
+and {args['cap'] // 4} per other language ({training['train_examples']} answers in all). The same recipe was first
+run {len(config['metrics']['loso'].get('folds', []))} times with a quarter of the source families held out each time
+(`{training['evaluation']}`); the threshold is chosen on those pooled held-out scores (best macro-F1 with benign FPR ≤ 2%
+and Do-Not-Answer harmless FPR ≤ 5%), so it is the one an unseen source meets, and the tables below are those
+held-out scores. {_extras(config)}"""
+
+
+def render_held_out(folder: Path, name: str) -> tuple[str, str]:
+    """(model card, results fragment) for a detector measured on held-out sources (probe or leave-sources-out fine-tune)."""
     config = json.loads((folder / "detector_config.json").read_text())
     training, loso = config["training"], config["metrics"]["loso"]
     sources = "\n".join(f"| {s} | {c['harmful']} | {c['harmless']} | {_license(s)} |" for s, c in sorted(training["by_source"].items()))
@@ -217,7 +248,9 @@ def render_probe(folder: Path, name: str) -> tuple[str, str]:
     langs = "\n".join(f"| {lang} | {m['n']} | {fmt(m['auroc'])} | {fmt(m['recall'])} | {fmt(m['fpr'])} |"
                        for lang, m in sorted(loso["by_lang"].items()))
     headline = (
-        f"Leave-one-source-out (each source family scored by heads fitted without it): mean AUROC "
+        ("Leave-one-source-out (each source family scored by heads fitted without it)" if config["kind"] == "probe" else
+         f"Leave-sources-out ({len(loso.get('folds', []))} folds; each source family scored by a model fine-tuned without it)")
+        + ": mean AUROC "
         f"**{fmt(loso['loso_mean_auroc'])}**, worst **{fmt(loso['loso_worst_auroc'])}** ({loso['loso_worst_family']}), "
         f"macro-F1 {fmt(loso['macro_f1'])} at threshold {config['threshold']:.4f}; false-positive rate "
         f"**{fmt(loso['benign_fpr'])}** on benign answers ({', '.join(BENIGN)}) and {fmt(loso['dna_fpr'])} on "
@@ -226,8 +259,7 @@ def render_probe(folder: Path, name: str) -> tuple[str, str]:
     card = f"""# mllm-protector harm detector: `{name}`
 
 Scores an MLLM response with P(harmful) (`sigmoid(logit)`; 1 = harmful) and names a harm category.
-Backbone `{config['backbone']}`, **frozen**; trained linear heads on the mean-pooled hidden states of layers
-{config['layers']} (a "probe"; the heads are {(folder / 'probe.safetensors').stat().st_size // 1024} KB). Input format
+{_held_out_model(config, folder)} Input format
 `{config['input_format']}` (the question, when given, is read with the answer), {config['max_length']}-token windows
 (stride {config['stride']}); a long answer's window logits are combined by `{config['combine']}`. Text is normalised
 before scoring (NFKC, zero-width characters, look-alike letters, spelled-out letters, leetspeak, base64, Caesar/ROT13).
@@ -241,13 +273,7 @@ terms (table below).
 
 Command: `{training.get('command', 'n/a')}`
 
-Harm head: L2 logistic regression (C={training['c']}, in the top 256 principal directions of the
-standardised features, folded back into one linear layer), every (source, label) cell given the same total
-weight; training rows: `{training['mix']}` ({training['examples']} answers, features `{training['variant']}`).
-Category head: multinomial logistic regression on {training['category_examples']} harmful answers whose set
-names a category (mapped by `mllm_protector/categories.py`) or whose question matches a keyword rule.{_category_check(training.get('category_check'))}
-The threshold is chosen on the pooled leave-one-source-out scores (best macro-F1 with benign FPR ≤ 2% and
-Do-Not-Answer harmless FPR ≤ 5%), so it is the one an unseen source meets.
+{_held_out_training(config)}
 
 | source | harmful | harmless | license |
 |---|---|---|---|
@@ -274,7 +300,7 @@ Per language (all rows, held out; MiniLM's vocabulary is English: other language
 
 More tables (experiments, robustness to obfuscation and length): `docs/RESULTS.md`.
 """
-    fragment = f"""## Shipped detector `{name}`: leave-one-source-out
+    fragment = f"""## Shipped detector `{name}`: held-out sources
 
 Trained by `{training.get('command', 'n/a')}`; rendered by
 `python benchmarks/detector_card.py {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder} --name {name}`.
@@ -300,7 +326,8 @@ def main() -> None:
     args = parser.parse_args()
     folder = args.folder.resolve()
     kind = json.loads((folder / "detector_config.json").read_text()).get("kind", "classifier")
-    card, fragment = (render_probe if kind == "probe" else render)(folder, args.name)
+    held_out = kind == "probe" or "loso" in json.loads((folder / "detector_config.json").read_text()).get("metrics", {})
+    card, fragment = (render_held_out if held_out else render)(folder, args.name)
     (folder / "README.md").write_text(card)
     out = args.fragment or ROOT / "docs" / "results" / f"detector_{args.name}.md"
     out.write_text(fragment)

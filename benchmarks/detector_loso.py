@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from mllm_protector.train.loso import (
-    BENIGN, FAMILY, HARD_NEGATIVE_SOURCES, OLD_SOURCES, Data, choose_transfer_threshold, loso_scores, summarize,
+    BENIGN,
+    FAMILY,
+    HARD_NEGATIVE_SOURCES,
+    OLD_SOURCES,
+    Data,
+    choose_transfer_threshold,
+    loso_scores,
+    summarize,
 )
 
 #: name → (feature variants concatenated, training-source filter, C, what it tests)
@@ -55,14 +62,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results/detector_loso.md"))
     parser.add_argument("--baseline", default=None, help="also score a saved detector (e.g. the shipped v1) on ≤200 rows per family and label")
     parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the saved JSON")
-    parser.add_argument("--only", action="append", default=[], help="an experiment name to run (repeatable; default: all)")
+    parser.add_argument("--only", action="append", default=[], help="an experiment name to run (repeatable; default: all); the others keep their saved results")
     args = parser.parse_args()
     data = Data.load(args.features)
     if args.render_only:
         saved = json.loads(args.out.with_suffix(".json").read_text())
         args.out.write_text(render(saved["results"], data, saved["command"]))
         return
-    results = {}
+    saved_json = args.out.with_suffix(".json")
+    # --only re-runs some experiments: the others keep their saved results
+    results = {k: v for k, v in json.loads(saved_json.read_text())["results"].items() if k in EXPERIMENTS} if args.only and saved_json.is_file() else {}
     held_out: dict[str, np.ndarray] = {}  # held-out logits per experiment, for the ensembles
     names = [n for n in EXPERIMENTS if not args.only or n in args.only]
     for name in names:
@@ -73,12 +82,16 @@ def main() -> None:
         t0 = time.time()
         keep = data.train_mask(train_filter)
         oof = held_out[name] = loso_scores(data, variants, keep, c)
+        np.save(logits_path(args.features, name), oof)
         threshold = choose_transfer_threshold(data, oof)
         results[name] = {**summarize(data, oof, threshold), "wall_s": time.time() - t0, "c": c,
                          "variants": variants, "train": train_filter, "ms_per_answer": ms_per_answer(data, variants)}
         r = results[name]
         print(f"{name}: mean {r['loso_mean_auroc']:.3f} worst {r['loso_worst_auroc']:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
+    for name in results:
+        if name not in held_out and logits_path(args.features, name).is_file():
+            held_out[name] = np.load(logits_path(args.features, name))
     for key in FINETUNED:
         saved_run = args.features / f"finetune_{key}.json"
         if saved_run.is_file():
@@ -101,6 +114,11 @@ def main() -> None:
     command = " ".join(["python", *sys.argv])
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=1, default=float) + "\n")
     args.out.write_text(render(results, data, command))
+
+
+def logits_path(features: Path, name: str) -> Path:
+    """Where an experiment's held-out logits are cached (for ensembles built in a later run)."""
+    return features / ("probe_" + "".join(ch if ch.isalnum() else "_" for ch in name) + "_logits.npy")
 
 
 _SPEED: dict[str, float] = {}

@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from mllm_protector.data.records import Example
-from mllm_protector.train.detector import DetectorTrainingArguments, train_detector
+from mllm_protector.detector import HarmDetector
+from mllm_protector.train.detector import DetectorTrainingArguments, save_detector, train_detector
 from mllm_protector.train.loso import Data, choose_transfer_threshold, summarize
 from mllm_protector.train.probe import sample
 
 
 def assign_folds(data: Data, k: int) -> dict[str, int]:
     """Families → fold, largest first onto the currently smallest fold (deterministic)."""
-    sizes = defaultdict(int)
+    sizes: dict[str, int] = defaultdict(int)
     for fam in data.families:
         sizes[fam] += 1
     load = [0] * k
@@ -41,6 +42,17 @@ def assign_folds(data: Data, k: int) -> dict[str, int]:
         folds[fam] = fold
         load[fold] += sizes[fam]
     return folds
+
+
+def stratified(data: Data, per_cell: int) -> np.ndarray:
+    """Mask of at most `per_cell` rows per (family, label) (seed 0), the rows a held-out model scores."""
+    rng = np.random.default_rng(0)
+    keep = np.zeros(len(data.rows), bool)
+    for fam in sorted(set(data.families)):
+        for label in (0, 1):
+            idx = np.flatnonzero((data.families == fam) & (data.labels == label))
+            keep[rng.choice(idx, size=min(per_cell, len(idx)), replace=False)] = True
+    return keep
 
 
 def to_examples(data: Data, idx: np.ndarray) -> list[Example]:
@@ -60,6 +72,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--input-format", choices=["response", "query_response"], default="response")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--score-cap", type=int, default=200, help="held-out rows scored per (family, label), as the baseline row")
+    parser.add_argument("--final", type=Path, default=None, help="then train on every family and save the detector here")
+    parser.add_argument("--final-only", action="store_true", help="skip the folds: reuse the saved run's threshold for --final")
     parser.add_argument("--only-fold", type=int, default=None, help="run one fold (for a quick check)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -68,8 +83,14 @@ def main() -> None:
     folds = assign_folds(data, args.folds)
     fold_of = np.array([folds[f] for f in data.families])
     logits = np.full(len(data.rows), np.nan)
-    lora = args.lora == "true"
-    lr = args.learning_rate or (3e-4 if lora else 4e-5)
+    scored = stratified(data, args.score_cap)
+    lora, lr = args.lora == "true", learning_rate(args)
+    out = args.features / f"finetune_{args.name}.json"
+    if args.final_only:
+        if args.final is None:
+            parser.error("--final-only needs --final")
+        save_final(args, data, json.loads(out.read_text()))
+        return
     t0 = time.time()
     per_fold = []
     score_ms: list[float] = []
@@ -78,15 +99,8 @@ def main() -> None:
             continue
         tf = time.time()
         train = sample(to_examples(data, np.flatnonzero(fold_of != fold)), args.cap, seed=fold)
-        test = np.flatnonzero(fold_of == fold)
-        with tempfile.TemporaryDirectory() as tmp:
-            targs = DetectorTrainingArguments(
-                output_dir=tmp, lora=lora, learning_rate=lr, num_train_epochs=args.epochs, max_length=args.max_length,
-                stride=32, input_format=args.input_format, pairwise_weight=0.0, per_device_train_batch_size=16,
-                logging_steps=50, seed=fold, use_cpu=True, disable_tqdm=True,
-            )
-            detector, _ = train_detector(targs, train)
-        detector.config.normalize = True
+        test = np.flatnonzero((fold_of == fold) & scored)
+        detector, _ = fine_tune(args, train, seed=fold)
         rows = [data.rows[i] for i in test]
         ts = time.perf_counter()
         scores = np.clip(np.array(detector.score([r["response"] for r in rows], [r["query"] for r in rows])), 1e-7, 1 - 1e-7)
@@ -99,14 +113,51 @@ def main() -> None:
     sub = data.subset(np.flatnonzero(done))
     threshold = choose_transfer_threshold(sub, logits[done])
     result = {**summarize(sub, logits[done], threshold), "wall_s": time.time() - t0, "c": None, "variants": [],
-              "train": f"{args.folds}-fold leave-sources-out, cap {args.cap}", "folds": per_fold,
+              "train": f"{args.folds}-fold leave-sources-out, cap {args.cap}, ≤{args.score_cap} scored per family and label", "folds": per_fold,
               "ms_per_answer": float(np.mean(score_ms)), "lora": lora, "learning_rate": lr, "epochs": args.epochs,
               "input_format": args.input_format, "command": " ".join(["python", *sys.argv])}
-    out = args.features / f"finetune_{args.name}.json"
     out.write_text(json.dumps(result, indent=1, default=float) + "\n")
     np.save(args.features / f"finetune_{args.name}_logits.npy", logits)
     print(f"{args.name}: mean {result['loso_mean_auroc']:.3f} worst {result['loso_worst_auroc']:.3f} "
           f"({result['loso_worst_family']}), {time.time() - t0:.0f} s")
+    if args.final:
+        save_final(args, data, result)
+
+
+def learning_rate(args: argparse.Namespace) -> float:
+    return float(args.learning_rate or (3e-4 if args.lora == "true" else 4e-5))
+
+
+def fine_tune(args: argparse.Namespace, train: list[Example], seed: int) -> tuple[HarmDetector, dict]:
+    """One detector fine-tuned on `train` with the run's settings (no ranking pairs: the sets have none)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = DetectorTrainingArguments(
+            output_dir=tmp, lora=args.lora == "true", learning_rate=learning_rate(args), num_train_epochs=args.epochs,
+            max_length=args.max_length, stride=32, input_format=args.input_format, pairwise_weight=0.0,
+            per_device_train_batch_size=16, logging_steps=50, seed=seed, use_cpu=True, disable_tqdm=True,
+        )
+        detector, report = train_detector(targs, train)
+    detector.config.normalize = True
+    return detector, report
+
+
+def save_final(args: argparse.Namespace, data: Data, result: dict) -> None:
+    """Train on every family with the same settings and save it with the threshold the held-out folds chose."""
+    train = sample(to_examples(data, np.arange(len(data.rows))), args.cap, seed=args.folds)
+    detector, report = fine_tune(args, train, seed=args.folds)
+    detector.config.threshold = float(result["threshold"])
+    summary = {k: v for k, v in result.items() if k not in ("by_family", "by_lang")}
+    detector.config.metrics = {"loso": result}
+    by_source: dict[str, dict[str, int]] = defaultdict(lambda: {"harmful": 0, "harmless": 0})
+    for e in train:
+        by_source[e.source]["harmful" if e.label else "harmless"] += 1
+    detector.config.training = {"command": " ".join(["python", *sys.argv]), "evaluation": result["command"],
+                                "train_examples": len(train), "by_source": dict(sorted(by_source.items())),
+                                "arguments": {"lora": args.lora == "true", "learning_rate": learning_rate(args),
+                                              "epochs": args.epochs, "max_length": args.max_length, "cap": args.cap,
+                                              "input_format": args.input_format}}
+    save_detector(detector, args.final, {**report, "leave_sources_out": summary})
+    print(f"saved {args.final} (threshold {detector.config.threshold:.3f})")
 
 
 if __name__ == "__main__":
