@@ -65,3 +65,15 @@ def test_max_corrected_discounts_the_number_of_windows(detector) -> None:
     logit = math.log(top / (1 - top))
     expected = logit - math.log(len(detection.window_scores)) if detector.config.combine == "max_corrected" else logit
     assert detection.score == pytest.approx(1 / (1 + math.exp(-expected)), rel=1e-6)
+
+
+def test_train_probe_refuses_a_cache_of_another_backbone(cache: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mllm_protector.cli import app
+
+    result = CliRunner().invoke(app, ["train", "probe", "-o", str(tmp_path / "p"), "--features", str(cache),
+                                      "--backbone", "smollm2-135m-instruct", "--variant", "response"])
+    flat = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert result.exit_code == 2 and "holds minilm-l6 features, not smollm2-135m-instruct" in flat
+    assert not (tmp_path / "p").exists()
