@@ -40,7 +40,11 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str, float, str]] = {
     "probe SmolLM2 R, all": (("smollm2/response",), "all", 0.05, "capacity: frozen SmolLM2-135M-Instruct (6× MiniLM) instead of MiniLM"),
     "probe SmolLM2 Q+R, all": (("smollm2/query_response",), "all", 0.05, "SmolLM2 reading question and answer in one sequence"),
     "probe MiniLM+SmolLM2 R, all": (("response", "smollm2/response"), "all", 0.05, "both backbones' features side by side"),
+    "probe R, all, 4-fold": (("response",), "all", 0.05, "the MiniLM probe under the fine-tuned rows' 4-fold protocol (a quarter of the families held out at once)"),
+    "probe SmolLM2 R, all, 4-fold": (("smollm2/response",), "all", 0.05, "the SmolLM2 probe under the 4-fold protocol"),
 }
+#: Experiments held out by groups of families (`assign_folds`), comparable with the fine-tuned rows.
+FOLDS = {"probe R, all, 4-fold": 4, "probe SmolLM2 R, all, 4-fold": 4}
 #: Fine-tuned rows (benchmarks/detector_loso_finetune.py, `finetune_<name>.json` in the cache) and what they test.
 FINETUNED = {
     "full": "full fine-tune of MiniLM on all sources (source-balanced), 4-fold leave-sources-out",
@@ -49,10 +53,9 @@ FINETUNED = {
 }
 #: Ensembles: the mean of the members' standardised held-out logits (every member never saw the scored family).
 ENSEMBLES = {
-    "ensemble: full FT + SmolLM2 probe": ("fine-tuned: full", "probe SmolLM2 R, all"),
-    "ensemble: full FT Q+R + SmolLM2 probe": ("fine-tuned: full_qr", "probe SmolLM2 R, all"),
-    "ensemble: full FT + full FT Q+R": ("fine-tuned: full", "fine-tuned: full_qr"),
-    "ensemble: full FT + full FT Q+R + SmolLM2 probe": ("fine-tuned: full", "fine-tuned: full_qr", "probe SmolLM2 R, all"),
+    "ensemble: LoRA FT + SmolLM2 probe (4-fold)": ("fine-tuned: lora", "probe SmolLM2 R, all, 4-fold"),
+    "ensemble: full FT + SmolLM2 probe (4-fold)": ("fine-tuned: full", "probe SmolLM2 R, all, 4-fold"),
+    "ensemble: LoRA FT + full FT": ("fine-tuned: lora", "fine-tuned: full"),
 }
 
 
@@ -81,7 +84,7 @@ def main() -> None:
             continue
         t0 = time.time()
         keep = data.train_mask(train_filter)
-        oof = held_out[name] = loso_scores(data, variants, keep, c)
+        oof = held_out[name] = loso_scores(data, variants, keep, c, FOLDS.get(name, 0))
         np.save(logits_path(args.features, name), oof)
         threshold = choose_transfer_threshold(data, oof)
         results[name] = {**summarize(data, oof, threshold), "wall_s": time.time() - t0, "c": c,

@@ -26,22 +26,8 @@ import torch
 from mllm_protector.data.records import Example
 from mllm_protector.detector import HarmDetector
 from mllm_protector.train.detector import DetectorTrainingArguments, save_detector, train_detector
-from mllm_protector.train.loso import Data, choose_transfer_threshold, summarize
+from mllm_protector.train.loso import Data, assign_folds, choose_transfer_threshold, summarize
 from mllm_protector.train.probe import sample
-
-
-def assign_folds(data: Data, k: int) -> dict[str, int]:
-    """Families → fold, largest first onto the currently smallest fold (deterministic)."""
-    sizes: dict[str, int] = defaultdict(int)
-    for fam in data.families:
-        sizes[fam] += 1
-    load = [0] * k
-    folds = {}
-    for fam in sorted(sizes, key=lambda f: (-sizes[f], f)):
-        fold = int(np.argmin(load))
-        folds[fam] = fold
-        load[fold] += sizes[fam]
-    return folds
 
 
 def stratified(data: Data, per_cell: int) -> np.ndarray:
@@ -80,7 +66,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     data = Data.load(args.features)
-    folds = assign_folds(data, args.folds)
+    folds = assign_folds(data.families, args.folds)
     fold_of = np.array([folds[f] for f in data.families])
     logits = np.full(len(data.rows), np.nan)
     scored = stratified(data, args.score_cap)

@@ -11,7 +11,7 @@ import pytest
 
 from mllm_protector import HarmDetector
 from mllm_protector.data import load_corpus
-from mllm_protector.train.loso import Data, choose_transfer_threshold, loso_scores
+from mllm_protector.train.loso import Data, assign_folds, choose_transfer_threshold, loso_scores
 from mllm_protector.train.probe import build_feature_cache, sample, train_probe
 
 from .conftest import BENIGN, HARMFUL
@@ -40,6 +40,14 @@ def test_loso_scores_every_row_with_a_head_that_never_saw_its_family(cache: Path
     assert oof.shape == (len(data.rows),) and np.isfinite(oof).all()
     threshold = choose_transfer_threshold(data, oof)
     assert 0.0 < threshold < 1.0
+
+
+def test_fold_groups_hold_out_whole_families(cache: Path) -> None:
+    data = Data.load(cache)
+    folds = assign_folds(data.families, 2)
+    assert set(folds) == set(data.families) and set(folds.values()) == {0, 1}
+    oof = loso_scores(data, ["response"], data.train_mask("all"), c=0.05, folds=2)
+    assert oof.shape == (len(data.rows),) and np.isfinite(oof).all()
 
 
 def test_train_save_load_roundtrip(cache: Path, tmp_path: Path) -> None:

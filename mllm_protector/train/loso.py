@@ -103,13 +103,31 @@ class Data:
         return [f for f in fams if len(set(self.labels[self.family_index(f, english=True)])) == 2]
 
 
-def loso_scores(data: Data, variants: Sequence[str], keep: np.ndarray, c: float) -> np.ndarray:
-    """Held-out logit of every example: each family scored by a head fitted without it."""
+def assign_folds(families: Sequence[str] | np.ndarray, k: int) -> dict[str, int]:
+    """Source families → one of k folds, largest family first onto the smallest fold (deterministic)."""
+    sizes: dict[str, int] = {}
+    for fam in families:
+        sizes[str(fam)] = sizes.get(str(fam), 0) + 1
+    load = [0] * k
+    folds = {}
+    for fam in sorted(sizes, key=lambda f: (-sizes[f], f)):
+        folds[fam] = int(np.argmin(load))
+        load[folds[fam]] += sizes[fam]
+    return folds
+
+
+def loso_scores(data: Data, variants: Sequence[str], keep: np.ndarray, c: float, folds: int = 0) -> np.ndarray:
+    """Held-out logit of every example: each family scored by a head fitted without it.
+
+    `folds` > 0 holds out whole groups of families instead (`assign_folds`), as the fine-tuned runs do.
+    """
     x = data.matrix(variants)
     out = np.zeros(len(data.rows))
+    fold_of = assign_folds(data.families, folds) if folds else {}
+    held = np.array([fold_of[f] for f in data.families]) if folds else data.families
     last: tuple[bytes, Any] | None = None  # a family with no training rows reuses the previous fit
-    for family in sorted(set(data.families)):
-        test = data.families == family
+    for group in sorted(set(held)):
+        test = held == group
         train = keep & ~test
         key = np.packbits(train).tobytes()
         if last is None or last[0] != key:
