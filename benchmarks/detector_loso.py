@@ -40,21 +40,21 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str, float, str]] = {
     "probe SmolLM2 R, all": (("smollm2/response",), "all", 0.05, "capacity: frozen SmolLM2-135M-Instruct (6× MiniLM) instead of MiniLM"),
     "probe SmolLM2 Q+R, all": (("smollm2/query_response",), "all", 0.05, "SmolLM2 reading question and answer in one sequence"),
     "probe MiniLM+SmolLM2 R, all": (("response", "smollm2/response"), "all", 0.05, "both backbones' features side by side"),
-    "probe R, all, 4-fold": (("response",), "all", 0.05, "the MiniLM probe under the fine-tuned rows' 4-fold protocol (a quarter of the families held out at once)"),
-    "probe SmolLM2 R, all, 4-fold": (("smollm2/response",), "all", 0.05, "the SmolLM2 probe under the 4-fold protocol"),
+    "probe R, all, 2-fold": (("response",), "all", 0.05, "the MiniLM probe under the fine-tuned rows' 2-fold protocol (half of the families held out at once)"),
+    "probe SmolLM2 R, all, 2-fold": (("smollm2/response",), "all", 0.05, "the SmolLM2 probe under the 2-fold protocol"),
 }
 #: Experiments held out by groups of families (`assign_folds`), comparable with the fine-tuned rows.
-FOLDS = {"probe R, all, 4-fold": 4, "probe SmolLM2 R, all, 4-fold": 4}
+FOLDS = {"probe R, all, 2-fold": 2, "probe SmolLM2 R, all, 2-fold": 2}
 #: Fine-tuned rows (benchmarks/detector_loso_finetune.py, `finetune_<name>.json` in the cache) and what they test.
 FINETUNED = {
-    "full": "full fine-tune of MiniLM on all sources (source-balanced), 4-fold leave-sources-out",
-    "lora": "LoRA fine-tune of MiniLM on all sources (source-balanced), 4-fold leave-sources-out",
-    "full_qr": "full fine-tune of MiniLM, question + answer input, 4-fold leave-sources-out",
+    "full": "full fine-tune of MiniLM on all sources (source-balanced), 2-fold leave-sources-out",
+    "lora": "LoRA fine-tune of MiniLM on all sources (source-balanced), 2-fold leave-sources-out",
+    "full_qr": "full fine-tune of MiniLM, question + answer input, 2-fold leave-sources-out",
 }
 #: Ensembles: the mean of the members' standardised held-out logits (every member never saw the scored family).
 ENSEMBLES = {
-    "ensemble: LoRA FT + SmolLM2 probe (4-fold)": ("fine-tuned: lora", "probe SmolLM2 R, all, 4-fold"),
-    "ensemble: full FT + SmolLM2 probe (4-fold)": ("fine-tuned: full", "probe SmolLM2 R, all, 4-fold"),
+    "ensemble: LoRA FT + SmolLM2 probe (2-fold)": ("fine-tuned: lora", "probe SmolLM2 R, all, 2-fold"),
+    "ensemble: full FT + SmolLM2 probe (2-fold)": ("fine-tuned: full", "probe SmolLM2 R, all, 2-fold"),
     "ensemble: LoRA FT + full FT": ("fine-tuned: lora", "fine-tuned: full"),
 }
 

@@ -3,9 +3,9 @@
 Fine-tuning a model per held-out family (16+ runs) does not fit two CPU cores, so every source family
 (benign and single-label ones included) is assigned to one of K folds, balanced by size, and a detector
 fine-tuned on the other K-1 folds scores the held-out fold. Each family is thus scored by a model that
-never saw it (stricter than LOSO: a quarter of the sources are missing from each training run). The
+never saw it (stricter than LOSO: with K=2, half of the sources are missing from each training run). The
 pooled out-of-fold scores then go through the same threshold rule and summary as the probe experiments.
-Results land in `<features>/finetune_<name>.json`, which `detector_loso.py --finetuned` adds to its table.
+Results land in `<features>/finetune_<name>.json`, which `detector_loso.py` adds to its table.
 Usage: python benchmarks/detector_loso_finetune.py --features runs/loso --name full --lora false
 """
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("runs/loso"))
     parser.add_argument("--name", required=True, help="result name, e.g. full or lora")
     parser.add_argument("--lora", choices=["true", "false"], default="false")
-    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--cap", type=int, default=300, help="training rows per English (source, label); other languages cap/4")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--learning-rate", type=float, default=None)
