@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -74,7 +75,11 @@ def main() -> None:
         return
     saved_json = args.out.with_suffix(".json")
     # --only re-runs some experiments: the others keep their saved results
-    results = {k: v for k, v in json.loads(saved_json.read_text())["results"].items() if k in EXPERIMENTS} if args.only and saved_json.is_file() else {}
+    command = "python " + shlex.join(sys.argv)
+    results = {}
+    if args.only and saved_json.is_file():
+        saved = json.loads(saved_json.read_text())
+        results = {k: {"command": saved["command"], **v} for k, v in saved["results"].items() if k in EXPERIMENTS}
     held_out: dict[str, np.ndarray] = {}  # held-out logits per experiment, for the ensembles
     names = [n for n in EXPERIMENTS if not args.only or n in args.only]
     for name in names:
@@ -87,7 +92,7 @@ def main() -> None:
         oof = held_out[name] = loso_scores(data, variants, keep, c, FOLDS.get(name, 0))
         np.save(logits_path(args.features, name), oof)
         threshold = choose_transfer_threshold(data, oof)
-        results[name] = {**summarize(data, oof, threshold), "wall_s": time.time() - t0, "c": c,
+        results[name] = {**summarize(data, oof, threshold), "command": command, "wall_s": time.time() - t0, "c": c,
                          "variants": variants, "train": train_filter, "ms_per_answer": ms_per_answer(data, variants)}
         r = results[name]
         print(f"{name}: mean {r['loso_mean_auroc']:.3f} worst {r['loso_worst_auroc']:.3f} "
@@ -114,7 +119,6 @@ def main() -> None:
             cached.write_text(json.dumps(baseline(data, args.baseline), default=float) + "\n")
         results[f"baseline: {args.baseline}"] = json.loads(cached.read_text())
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python", *sys.argv])
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=1, default=float) + "\n")
     args.out.write_text(render(results, data, command))
 
@@ -179,7 +183,9 @@ def render(results: dict, data: Data, command: str) -> str:
     lines = [
         "# Detector: leave-one-source-out (LOSO) experiments",
         "",
-        f"Command: `{command}` (features: `python benchmarks/loso_features.py --out runs/loso`).",
+        f"Command: `{command}` (features: `python benchmarks/loso_features.py --out runs/loso`; SmolLM2 features: "
+        "`python benchmarks/loso_features.py --out runs/loso_smol --backbone smollm2-135m-instruct --variants response`, "
+        "linked as `runs/loso/smollm2`). Rows produced by another command name it below the table.",
         "",
         f"{len(data.labels)} examples from {len(set(data.families))} source families "
         f"(related sets share a family and are held out together: {', '.join(f'{k} → {v}' for k, v in FAMILY.items())}). "
@@ -193,21 +199,30 @@ def render(results: dict, data: Data, command: str) -> str:
     ]
     for name, r in results.items():
         what = (EXPERIMENTS[name][3] if name in EXPERIMENTS else FINETUNED[name.split(": ", 1)[1]] if name.startswith("fine-tuned: ")
-                else "mean of the members' standardised held-out logits" if name in ENSEMBLES else "the shipped fine-tuned LoRA detector (its training sources are in-distribution, the rest unseen; ≤200 rows per family and label)")
+                else "mean of the members' standardised held-out logits" if name in ENSEMBLES else "a saved detector scored as is (its training sources are in-distribution, the rest unseen; ≤200 rows per family and label)")
         lines.append(
             f"| {name} | {what} | {r['loso_mean_auroc']:.3f} | {r['loso_worst_auroc']:.3f} ({r['loso_worst_family']}) "
             f"| {r['macro_f1']:.3f} | {r['benign_fpr']:.3f} | {r['dna_fpr']:.3f} | {r['threshold']:.3f} | {r['ms_per_answer']:.1f} | {r['wall_s']:.0f} |"
         )
-    probes = {n: r for n, r in results.items() if n in EXPERIMENTS}
-    base = next((r for n, r in results.items() if n not in EXPERIMENTS), None)
-    if probes and base:
-        best = max(probes, key=lambda n: probes[n]["loso_mean_auroc"])
-        lines += ["", f"Best probe: **{best}**, mean {probes[best]['loso_mean_auroc']:.3f} / worst "
-                  f"{probes[best]['loso_worst_auroc']:.3f}, against {base['loso_mean_auroc']:.3f} / {base['loso_worst_auroc']:.3f} "
-                  "for the shipped fine-tuned detector (which is in-distribution on its own training sources only). "
-                  + ("The probe does not beat the fine-tuned detector, so `default` stays the fine-tuned one; its "
-                     "category head is the probe's (`train categories`)." if probes[best]["loso_mean_auroc"] <= base["loso_mean_auroc"]
-                     else "The probe generalises better than the fine-tuned detector.")]
+    others: dict[str, list[str]] = {}
+    for n, r in results.items():
+        if r.get("command") not in (None, command):
+            others.setdefault(r["command"], []).append(n)
+    lines += [""] + [f"- {', '.join(names)}: `{c}`" for c, names in others.items()] if others else []
+    held = {n: r for n, r in results.items() if not n.startswith("baseline: ")}
+    base = next(((n, r) for n, r in results.items() if n.startswith("baseline: ")), None)
+    if held:
+        best = max(held, key=lambda n: held[n]["loso_mean_auroc"])
+        lines += ["", f"Best held-out row: **{best}**, mean {held[best]['loso_mean_auroc']:.3f} / worst "
+                  f"{held[best]['loso_worst_auroc']:.3f} ({held[best]['loso_worst_family']})"
+                  + (f"; {base[0]} (partly in-distribution) scores {base[1]['loso_mean_auroc']:.3f} / "
+                     f"{base[1]['loso_worst_auroc']:.3f} on the same families." if base else ".")]
+    if base:  # a fair comparison: only the families the saved detector never saw (it trained on OLD_SOURCES)
+        unseen = [f for f in data.loso_families() if f not in OLD_SOURCES and f in base[1]["by_family"]]
+        means = {n: float(np.mean([r["by_family"][f]["auroc"] for f in unseen])) for n, r in results.items()
+                 if all(f in r["by_family"] for f in unseen)}
+        lines += ["", f"Mean AUROC on the {len(unseen)} families outside {base[0]}'s training data (unseen by every row): "
+                  + "; ".join(f"{n} {m:.3f}" for n, m in sorted(means.items(), key=lambda kv: -kv[1])) + "."]
     families = data.loso_families()
     lines += ["", "## Held-out AUROC per family", "",
               "| family | n | harmful | " + " | ".join(results) + " |",

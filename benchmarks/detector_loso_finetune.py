@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import tempfile
 import time
@@ -101,7 +102,7 @@ def main() -> None:
     result = {**summarize(sub, logits[done], threshold), "wall_s": time.time() - t0, "c": None, "variants": [],
               "train": f"{args.folds}-fold leave-sources-out, cap {args.cap}, ≤{args.score_cap} scored per family and label", "folds": per_fold,
               "ms_per_answer": float(np.mean(score_ms)), "lora": lora, "learning_rate": lr, "epochs": args.epochs,
-              "input_format": args.input_format, "command": " ".join(["python", *sys.argv])}
+              "input_format": args.input_format, "command": "python " + shlex.join(sys.argv)}
     out.write_text(json.dumps(result, indent=1, default=float) + "\n")
     np.save(args.features / f"finetune_{args.name}_logits.npy", logits)
     print(f"{args.name}: mean {result['loso_mean_auroc']:.3f} worst {result['loso_worst_auroc']:.3f} "
@@ -137,7 +138,7 @@ def save_final(args: argparse.Namespace, data: Data, result: dict) -> None:
     by_source: dict[str, dict[str, int]] = defaultdict(lambda: {"harmful": 0, "harmless": 0})
     for e in train:
         by_source[e.source]["harmful" if e.label else "harmless"] += 1
-    detector.config.training = {"command": " ".join(["python", *sys.argv]), "evaluation": result["command"],
+    detector.config.training = {"command": "python " + shlex.join(sys.argv), "evaluation": result["command"],
                                 "train_examples": len(train), "by_source": dict(sorted(by_source.items())),
                                 "arguments": {"lora": args.lora == "true", "learning_rate": learning_rate(args),
                                               "epochs": args.epochs, "max_length": args.max_length, "cap": args.cap,
