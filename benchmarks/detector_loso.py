@@ -69,15 +69,14 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="an experiment name to run (repeatable; default: all); the others keep their saved results")
     args = parser.parse_args()
     data = Data.load(args.features)
+    saved_json = args.out.with_suffix(".json")
     if args.render_only:
-        saved = json.loads(args.out.with_suffix(".json").read_text())
+        saved = json.loads(saved_json.read_text())
         args.out.write_text(render(saved["results"], data, saved["command"]))
         return
-    saved_json = args.out.with_suffix(".json")
-    # --only re-runs some experiments: the others keep their saved results
     command = "python " + shlex.join(sys.argv)
     results = {}
-    if args.only and saved_json.is_file():
+    if args.only and saved_json.is_file():  # --only re-runs some experiments: the others keep their saved results
         saved = json.loads(saved_json.read_text())
         results = {k: {"command": saved["command"], **v} for k, v in saved["results"].items() if k in EXPERIMENTS}
     held_out: dict[str, np.ndarray] = {}  # held-out logits per experiment, for the ensembles
@@ -119,7 +118,7 @@ def main() -> None:
             cached.write_text(json.dumps(baseline(data, args.baseline), default=float) + "\n")
         results[f"baseline: {args.baseline}"] = json.loads(cached.read_text())
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=1, default=float) + "\n")
+    saved_json.write_text(json.dumps({"command": command, "results": results}, indent=1, default=float) + "\n")
     args.out.write_text(render(results, data, command))
 
 
@@ -138,17 +137,17 @@ def ms_per_answer(data: Data, variants: tuple[str, ...], n: int = 200) -> float:
     from mllm_protector.detector import DetectorConfig
     from mllm_protector.models import load_tokenizer
     from mllm_protector.probe import build_probe
-    from mllm_protector.train.probe import VARIANTS, extract_features
+    from mllm_protector.train.probe import VARIANTS, cache_backbone, extract_features
 
     total = 0.0
     for v in variants:
         if v not in _SPEED:
             torch.set_num_threads(2)
             rows = [data.rows[i] for i in np.random.default_rng(0).choice(len(data.rows), n, replace=False)]
-            meta = json.loads((data.feature_path(v).parent / "features.json").read_text())
-            probe, tokenizer = build_probe(meta["backbone"], meta["layers"]), load_tokenizer(meta["backbone"])
+            backbone, layers = cache_backbone(data.feature_path(v).parent)
+            probe, tokenizer = build_probe(backbone, layers), load_tokenizer(backbone)
             fmt = Path(v).name
-            config = DetectorConfig(backbone=meta["backbone"], max_length=VARIANTS[fmt], stride=16, input_format="query_response" if fmt == "query_response" else "response")
+            config = DetectorConfig(backbone=backbone, max_length=VARIANTS[fmt], stride=16, input_format="query_response" if fmt == "query_response" else "response")
             texts = [r["query"] or "" for r in rows] if fmt == "query" else [r["response"] for r in rows]
             t0 = time.perf_counter()
             extract_features(probe, tokenizer, config, texts, [r["query"] for r in rows] if fmt == "query_response" else None)
@@ -162,14 +161,8 @@ def baseline(data: Data, name: str, per_cell: int = 200) -> dict:
     from mllm_protector.detector import HarmDetector
 
     t0 = time.time()
-    rng = np.random.default_rng(0)
-    keep = np.zeros(len(data.rows), bool)
-    for fam in set(data.families):
-        for label in (0, 1):
-            idx = np.flatnonzero((data.families == fam) & (data.labels == label) & data.english)
-            keep[rng.choice(idx, size=min(per_cell, len(idx)), replace=False)] = True
     detector = HarmDetector.from_pretrained(name)
-    idx = np.flatnonzero(keep)
+    idx = np.flatnonzero(data.stratified(per_cell, english=True))
     scores = np.array(detector.score([data.rows[i]["response"] for i in idx], [data.rows[i]["query"] for i in idx]))
     logits = np.full(len(data.rows), np.nan)
     logits[idx] = np.log(np.clip(scores, 1e-12, 1 - 1e-12) / np.clip(1 - scores, 1e-12, 1))

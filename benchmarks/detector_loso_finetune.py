@@ -31,17 +31,6 @@ from mllm_protector.train.loso import Data, assign_folds, choose_transfer_thresh
 from mllm_protector.train.probe import sample
 
 
-def stratified(data: Data, per_cell: int) -> np.ndarray:
-    """Mask of at most `per_cell` rows per (family, label) (seed 0), the rows a held-out model scores."""
-    rng = np.random.default_rng(0)
-    keep = np.zeros(len(data.rows), bool)
-    for fam in sorted(set(data.families)):
-        for label in (0, 1):
-            idx = np.flatnonzero((data.families == fam) & (data.labels == label))
-            keep[rng.choice(idx, size=min(per_cell, len(idx)), replace=False)] = True
-    return keep
-
-
 def to_examples(data: Data, idx: np.ndarray) -> list[Example]:
     rows = [data.rows[i] for i in idx]
     return [Example(r["response"], r["label"], r["query"], r["source"], r["group"], r.get("scenario"),
@@ -70,7 +59,7 @@ def main() -> None:
     folds = assign_folds(data.families, args.folds)
     fold_of = np.array([folds[f] for f in data.families])
     logits = np.full(len(data.rows), np.nan)
-    scored = stratified(data, args.score_cap)
+    scored = data.stratified(args.score_cap)
     lora, lr = args.lora == "true", learning_rate(args)
     out = args.features / f"finetune_{args.name}.json"
     if args.final_only:
@@ -123,9 +112,7 @@ def fine_tune(args: argparse.Namespace, train: list[Example], seed: int) -> tupl
             max_length=args.max_length, stride=32, input_format=args.input_format, pairwise_weight=0.0,
             per_device_train_batch_size=16, logging_steps=50, seed=seed, use_cpu=True, disable_tqdm=True,
         )
-        detector, report = train_detector(targs, train)
-    detector.config.normalize = True
-    return detector, report
+        return train_detector(targs, train)
 
 
 def save_final(args: argparse.Namespace, data: Data, result: dict) -> None:

@@ -93,6 +93,17 @@ class Data:
             return self.english.copy()
         raise ValueError(f"unknown training mix {mix!r}")
 
+    def stratified(self, per_cell: int, english: bool = False) -> np.ndarray:
+        """Mask of at most `per_cell` rows per (family, label), drawn with seed 0 in sorted family order
+        (optionally English rows only): the rows a slow, saved model is scored on."""
+        rng = np.random.default_rng(0)
+        keep = np.zeros(len(self.rows), bool)
+        for fam in sorted(set(self.families)):
+            for label in (0, 1):
+                idx = np.flatnonzero((self.families == fam) & (self.labels == label) & (self.english if english else True))
+                keep[rng.choice(idx, size=min(per_cell, len(idx)), replace=False)] = True
+        return keep
+
     def family_index(self, family: str, english: bool = False) -> np.ndarray:
         mask = self.families == family
         return np.flatnonzero(mask & self.english if english else mask)
