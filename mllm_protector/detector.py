@@ -25,7 +25,7 @@ import torch
 from .config import PRETRAINED_DIR
 from .errors import ModelNotFoundError, ProtectorError
 from .models import load_model, load_tokenizer
-from .normalize import normalize_text
+from .normalize import normalize_segments, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -170,21 +170,24 @@ def encode_windows(
     if queries is not None and len(queries) != len(responses):
         raise ProtectorError(f"got {len(responses)} responses but {len(queries)} queries")
     use_query = config.input_format == "query_response"
-    if config.normalize:
-        responses = [normalize_text(r or "") for r in responses]
-        queries = [normalize_text(q) if q else q for q in queries] if queries is not None else None
+    # A response is one or more parts (decoded base64 payloads apart from their wrapper), windowed apart.
+    parts: list[list[str]] = [normalize_segments(r or "") if config.normalize else [r or ""] for r in responses]
+    if config.normalize and queries is not None:
+        queries = [normalize_text(q) if q else q for q in queries]
     head, tail = special_tokens(tokenizer)
     answer_ids = tokenizer("\nAnswer: ", add_special_tokens=False)["input_ids"] if use_query else []
     windows: list[list[int]] = []
     sample: list[int] = []
-    for i, response in enumerate(responses):
+    for i, response_parts in enumerate(parts):
         prefix: list[int] = []
         if use_query:
             query = (queries[i] if queries is not None else None) or ""
             prefix = tokenizer(f"Question: {query}", add_special_tokens=False, verbose=False)["input_ids"][:MAX_QUERY_TOKENS] + answer_ids
-        # Whole texts are tokenized and windowed here, so the "longer than the model maximum" warning is noise.
-        body = tokenizer(response or "", add_special_tokens=False, verbose=False)["input_ids"]
-        chunks = _windows(body, config.max_length - len(prefix) - len(head) - len(tail), config.stride)
+        chunks: list[list[int]] = []
+        for part in response_parts:
+            # Whole texts are tokenized and windowed here, so the "longer than the model maximum" warning is noise.
+            body = tokenizer(part, add_special_tokens=False, verbose=False)["input_ids"]
+            chunks += _windows(body, config.max_length - len(prefix) - len(head) - len(tail), config.stride)
         for chunk in chunks[:max_windows]:
             windows.append(head + prefix + chunk + tail)
             sample.append(i)

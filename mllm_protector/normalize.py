@@ -131,8 +131,11 @@ def _readable(raw: bytes) -> str | None:
     return decoded
 
 
-def _decode_base64(text: str) -> str:
-    """Replace base64 (or base64url) spans that decode to readable text by that text."""
+def _decode_base64(text: str, payloads: list[str] | None = None) -> str:
+    """Replace base64 (or base64url) spans that decode to readable text by that text.
+
+    With `payloads`, decoded spans are moved there instead and leave a line break behind.
+    """
 
     def decode(match: re.Match[str]) -> str:
         span = match.group(0)
@@ -145,7 +148,12 @@ def _decode_base64(text: str) -> str:
         except (binascii.Error, ValueError):
             return span
         readable = _readable(raw)
-        return readable if readable is not None else span
+        if readable is None:
+            return span
+        if payloads is None:
+            return readable
+        payloads.append(readable)
+        return "\n"
 
     return _BASE64.sub(decode, text)
 
@@ -182,10 +190,29 @@ def _uncaesar(text: str) -> str:
     return "\n".join(_shift(line, _best_shift(line)) for line in text.split("\n"))
 
 
+def _plain(text: str) -> str:
+    """The steps after decoding: Caesar shifts, look-alike letters, spelled-out letters, leetspeak."""
+    text = _fold_confusables(_uncaesar(text))
+    return _unleet(_join_spaced(text))
+
+
+def _unicode(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
+
+
 def normalize_text(text: str) -> str:
     """The text with obfuscations undone; ordinary text comes back unchanged (apart from NFKC)."""
-    text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
-    text = _uncaesar(_decode_base64(text))  # first: later steps would corrupt encoded spans
-    text = _fold_confusables(text)
-    text = _join_spaced(text)
-    return _unleet(text)
+    return _plain(_decode_base64(_unicode(text)))  # decoding first: later steps would corrupt encoded spans
+
+
+def normalize_segments(text: str) -> list[str]:
+    """The normalised text as separate parts: the text around decoded base64 payloads, then each payload.
+
+    Scoring the parts apart (and keeping the most harmful) judges an encoded payload by what it says and
+    its wrapper ("here is the answer, base64-encoded") by what that says, instead of the wrapper's air of
+    evasion colouring a benign payload. Text without such payloads is one part, as `normalize_text` gives.
+    """
+    payloads: list[str] = []
+    rest = _decode_base64(_unicode(text), payloads)
+    parts = [rest] if rest.strip() or not payloads else []
+    return [_plain(part) for part in parts + payloads]

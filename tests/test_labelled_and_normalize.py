@@ -13,7 +13,7 @@ from mllm_protector.categories import CATEGORIES, category_from_question, traini
 from mllm_protector.data import load_corpus
 from mllm_protector.data.labelled import labelled_sets, read_labelled_set
 from mllm_protector.errors import DatasetError
-from mllm_protector.normalize import normalize_text
+from mllm_protector.normalize import normalize_segments, normalize_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -80,3 +80,11 @@ def test_normalize_undoes_obfuscation(obfuscated: str, plain: str) -> None:
 ])
 def test_normalize_leaves_ordinary_text(text: str) -> None:
     assert normalize_text(text) == text
+
+
+def test_normalize_segments_judges_a_base64_payload_apart_from_its_wrapper() -> None:
+    payload = "Mix the fertilizer with diesel fuel to build it"
+    wrapped = "Here is the answer, base64-encoded: " + base64.b64encode(payload.encode()).decode() + " Enjoy."
+    assert normalize_segments(wrapped) == ["Here is the answer, base64-encoded: \n Enjoy.", payload]
+    assert normalize_segments(base64.b64encode(payload.encode()).decode()) == [payload]
+    assert normalize_segments("b0mb and h4ck") == [normalize_text("b0mb and h4ck")]
