@@ -1,0 +1,349 @@
+"""Performance figures of the guard in one run, each beside its in-run reference (issue #11).
+
+Measures what a user gets with the defaults, through public entry points only (the Python API, the
+`mllm-protector` CLI and the proxy as subprocesses), so the same script can be run on an older checkout
+for a before/after comparison:
+
+1. `HarmDetector.score` on 128-token answers (batch 256) against a plain torch fp32 forward of the same
+   merged model in the same process;
+2. `mllm-protector score` on N real answers (wall time, scores kept for comparison);
+3. the proxy (refusal detoxifier) in front of a scripted upstream on loopback: added latency of one
+   request, 20 concurrent clients, time to the first streamed content — each against the upstream direct;
+4. detoxification of harmful answers with the default local detoxifier;
+5. cold starts: `import mllm_protector`, `score` of one line, `protect` of one benign line.
+
+    python benchmarks/perf.py --json runs/perf_after.json
+    python benchmarks/perf.py --render runs/perf_before.json runs/perf_after.json --out docs/results/perf.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.proxy_load import BENIGN, MESSAGES  # noqa: E402
+from tests.servers import LOOPBACK, free_port, wait_ready  # noqa: E402
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+#: Answer sources for the CLI and detoxification figures (none of the test-only sets).
+SOURCES = ["jailbreakbench", "pku_saferlhf", "gptfuzz_labeled", "vicuna80", "llava_coco"]
+CLI = [sys.executable, "-m", "mllm_protector.cli"]
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile q (0-100) of `values`."""
+    data = sorted(values)
+    return data[min(len(data) - 1, max(0, round(q / 100 * len(data)) - 1))] if data else float("nan")
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, visible cores, load average, library versions: the facts the figures depend on."""
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    facts: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+                             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                             "loadavg_start": os.getloadavg()[0]}
+    try:
+        import onnxruntime
+
+        facts["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        facts["onnxruntime"] = None
+    try:
+        import llama_cpp
+
+        facts["llama_cpp"] = llama_cpp.__version__
+    except ImportError:
+        facts["llama_cpp"] = None
+    return facts
+
+
+def real_answers(n: int, seed: int, label: int | None = None) -> list[dict[str, Any]]:
+    """n labelled (query, response) answers from the shared data, drawn with a fixed seed."""
+    from mllm_protector.data import load_corpus
+
+    pool = [e for e in load_corpus(None, SOURCES).examples if label is None or e.label == label]
+    pool.sort(key=lambda e: (e.source, e.response))
+    return [{"query": e.query, "response": e.response} for e in random.Random(seed).sample(pool, min(n, len(pool)))]
+
+
+def timed(fn: Any, repeat: int) -> list[float]:
+    """Wall seconds of `repeat` calls of fn()."""
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+# --- 1. detector throughput -----------------------------------------------------------------------
+def detector_figures(n: int, batch: int, seed: int) -> dict[str, Any]:
+    """Answers/s of `HarmDetector.score` (default path) and of a plain torch fp32 forward on 128-token answers."""
+    import torch
+
+    from mllm_protector import HarmDetector
+    from mllm_protector.config import PRETRAINED_DIR
+    from mllm_protector.detector import load_trainable
+
+    model, tokenizer, _ = load_trainable(PRETRAINED_DIR / "detector-default")
+    plain = model.merge_and_unload().eval()
+    texts = []
+    for a in real_answers(4 * n, seed):
+        ids = tokenizer(a["response"], add_special_tokens=False)["input_ids"]
+        if len(ids) >= 126:
+            texts.append(tokenizer.decode(ids[:126]))
+        if len(texts) == n:
+            break
+    encoded = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="pt")
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for s in range(0, len(texts), batch):
+                plain(**{k: v[s : s + batch] for k, v in encoded.items()})
+
+    detector = HarmDetector.from_pretrained("default")
+    detector.score(texts[:batch], batch_size=batch)  # warm-up
+    forward()
+    # Interleaved, best of 3, so both see the same machine load.
+    ref, ours = [], []
+    for _ in range(3):
+        ref += timed(forward, 1)
+        ours += timed(lambda: detector.score(texts, batch_size=batch), 1)
+    one = timed(lambda: detector.score([BENIGN]), 30)
+    return {"n": len(texts), "batch": batch, "tokens": int(encoded["input_ids"].shape[1]),
+            "plain_torch_per_s": len(texts) / min(ref), "score_per_s": len(texts) / min(ours),
+            "one_short_ms_p50": 1000 * statistics.median(one)}
+
+
+# --- 2. CLI score on real answers ------------------------------------------------------------------
+def cli_score(n: int, seed: int, work: Path) -> dict[str, Any]:
+    """Wall time of `mllm-protector score` on n real answers (model loading included) and its scores."""
+    src, out = work / "answers.jsonl", work / "scored.jsonl"
+    answers = real_answers(n, seed + 1)
+    src.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    t0 = time.perf_counter()
+    subprocess.run([*CLI, "score", "-i", str(src), "-o", str(out), "--no-resume"], check=True, env=ENV,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    scores = [json.loads(line)["score"] for line in out.read_text().splitlines()]
+    return {"n": len(answers), "mean_chars": statistics.mean(len(a["response"]) for a in answers), "wall_s": wall,
+            "scores": scores}
+
+
+# --- 3. proxy --------------------------------------------------------------------------------------
+async def _request(http: httpx.AsyncClient, url: str, stream: bool) -> tuple[float, float]:
+    """(seconds to the first content, seconds to the complete answer) of one benign chat completion."""
+    body = {"model": "benign", "messages": MESSAGES, "stream": stream}
+    t0 = time.perf_counter()
+    if not stream:
+        reply = await http.post(url, json=body)
+        reply.raise_for_status()
+        took = time.perf_counter() - t0
+        return took, took
+    first = float("nan")
+    async with http.stream("POST", url, json=body) as reply:
+        reply.raise_for_status()
+        async for line in reply.aiter_lines():
+            if first != first and line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"] if json.loads(line[6:]).get("choices") else {}
+                if delta.get("content"):
+                    first = time.perf_counter() - t0
+    return first, time.perf_counter() - t0
+
+
+async def _load(url: str, clients: int, requests: int, stream: bool) -> tuple[list[float], list[float]]:
+    """First-content and total latencies (ms) of `clients` concurrent clients sending `requests` each."""
+    firsts: list[float] = []
+    totals: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        async def client() -> None:
+            for _ in range(requests):
+                first, total = await _request(http, url, stream)
+                firsts.append(1000 * first)
+                totals.append(1000 * total)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return firsts, totals
+
+
+def proxy_figures(clients: int, requests: int) -> dict[str, Any]:
+    """Latency of the upstream direct and through `mllm-protector serve`, one client and `clients` at once."""
+    up_port, proxy_port = free_port(), free_port()
+    direct, proxied = f"http://{LOOPBACK}:{up_port}/v1/chat/completions", f"http://{LOOPBACK}:{proxy_port}/v1/chat/completions"
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "proxy_load.py"), "_upstream", "--port", str(up_port)])]
+    out: dict[str, Any] = {"clients": clients, "requests": requests}
+    try:
+        wait_ready(f"http://{LOOPBACK}:{up_port}/v1/models", 60, procs[0])
+        procs.append(subprocess.Popen([*CLI, "serve", "--upstream", f"http://{LOOPBACK}:{up_port}/v1", "--port", str(proxy_port),
+                                       "--detoxifier", "refusal"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_ready(f"http://{LOOPBACK}:{proxy_port}/health", 300, procs[1])
+        asyncio.run(_load(proxied, 4, 3, False))  # warm-up
+        for name, url in (("direct", direct), ("proxy", proxied)):
+            _, one = asyncio.run(_load(url, 1, 30, False))
+            _, many = asyncio.run(_load(url, clients, requests, False))
+            first, _ = asyncio.run(_load(url, clients, requests, True))
+            out[name] = {"one_p50_ms": pct(one, 50), "many_p50_ms": pct(many, 50), "many_p95_ms": pct(many, 95),
+                         "stream_first_p50_ms": pct(first, 50)}
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return out
+
+
+# --- 4. detoxification -----------------------------------------------------------------------------
+def detox_figures(n: int, seed: int) -> dict[str, Any]:
+    """Seconds per rewrite of n harmful answers by the default local detoxifier (`lm`)."""
+    from mllm_protector.protector import build_detoxifier
+
+    t0 = time.perf_counter()
+    detox = build_detoxifier("lm")
+    assert detox is not None
+    load_s = time.perf_counter() - t0
+    harmful = real_answers(n, seed + 2, label=1)
+    detox.rewrite(harmful[0]["query"] or "", harmful[0]["response"])  # warm-up
+    took = [timed(lambda a=a: detox.rewrite(a["query"] or "", a["response"]), 1)[0] for a in harmful]
+    return {"n": len(harmful), "kind": type(detox).__name__, "load_s": load_s, "mean_s": statistics.mean(took),
+            "p50_s": pct(took, 50), "p95_s": pct(took, 95)}
+
+
+# --- 5. cold starts --------------------------------------------------------------------------------
+def cold_starts(work: Path, repeat: int) -> dict[str, Any]:
+    """Median wall seconds of fresh processes: import, `score` of one line, `protect` of one benign line."""
+    line = work / "one.jsonl"
+    line.write_text(json.dumps({"query": "What is in the picture?", "response": BENIGN}) + "\n")
+
+    def run(args: list[str]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(args, check=True, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+
+    def median(args: list[str]) -> float:
+        return statistics.median(run(args) for _ in range(repeat))
+
+    return {"import_s": median([sys.executable, "-c", "import mllm_protector"]),
+            "score_s": median([*CLI, "score", "-i", str(line), "-o", str(work / "s.jsonl"), "--no-resume"]),
+            "protect_s": median([*CLI, "protect", "-i", str(line), "-o", str(work / "p.jsonl"), "--no-resume"])}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure, in the order of the module docstring; prints each as it is measured."""
+    result: dict[str, Any] = {"machine": machine(), "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                                         capture_output=True, text=True).stdout.strip()}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name, fn in (("cold", lambda: cold_starts(work, args.repeat)),
+                         ("detector", lambda: detector_figures(args.n_detector, args.batch, args.seed)),
+                         ("cli_score", lambda: cli_score(args.n_score, args.seed, work)),
+                         ("proxy", lambda: proxy_figures(args.clients, args.requests)),
+                         ("detox", lambda: detox_figures(args.n_detox, args.seed))):
+            t0 = time.perf_counter()
+            result[name] = fn()
+            result[name]["took_s"] = time.perf_counter() - t0
+            print(name, {k: v for k, v in result[name].items() if k != "scores"}, flush=True)
+    result["machine"]["loadavg_end"] = os.getloadavg()[0]
+    return result
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, value, in-run reference) rows of one run."""
+    d, c, p, x, cold = r["detector"], r["cli_score"], r["proxy"], r["detox"], r["cold"]
+    direct, proxy = p["direct"], p["proxy"]
+    return [
+        ("`HarmDetector.score`, 128-token answers, batch 256: answers/s",
+         f"{_f(d['score_per_s'])} ({_f(d['score_per_s'] / d['plain_torch_per_s'], 2)}× plain torch)",
+         f"plain torch fp32 forward {_f(d['plain_torch_per_s'])}/s"),
+        (f"`mllm-protector score`, {c['n']} real answers (mean {c['mean_chars']:.0f} chars): wall s",
+         _f(c["wall_s"]), f"{_f(c['n'] / c['wall_s'])} answers/s"),
+        ("proxy, one short benign answer, no load: added latency p50 ms",
+         _f(proxy["one_p50_ms"] - direct["one_p50_ms"]), f"direct {_f(direct['one_p50_ms'])} ms; detector alone {_f(d['one_short_ms_p50'])} ms"),
+        (f"proxy, {p['clients']} concurrent clients, non-streaming: p50 / p95 ms",
+         f"{_f(proxy['many_p50_ms'], 0)} / {_f(proxy['many_p95_ms'], 0)}", f"direct {_f(direct['many_p50_ms'], 0)} / {_f(direct['many_p95_ms'], 0)}"),
+        (f"streaming, {p['clients']} concurrent clients: time to first content p50 ms",
+         _f(proxy["stream_first_p50_ms"], 0), f"direct {_f(direct['stream_first_p50_ms'], 0)}"),
+        (f"detoxification of one harmful answer ({x['kind']}): mean / p50 / p95 s",
+         f"{_f(x['mean_s'], 2)} / {_f(x['p50_s'], 2)} / {_f(x['p95_s'], 2)}", f"{x['n']} answers; model load {_f(x['load_s'])} s"),
+        ("cold start: `score` one line / `protect` one benign line / `import mllm_protector`: s",
+         f"{_f(cold['score_s'])} / {_f(cold['protect_s'])} / {_f(cold['import_s'], 2)}", "fresh processes, median"),
+    ]
+
+
+def render(runs: list[Path], command: str) -> str:
+    """A markdown table: one value column per run (e.g. before, after), with each run's in-run reference."""
+    data = [json.loads(p.read_text()) for p in runs]
+    table = [rows(r) for r in data]
+    head = "| figure | " + " | ".join(f"{p.stem} ({r['git']}) | reference" for p, r in zip(runs, data, strict=True)) + " |"
+    lines = [f"# Performance (issue #11)\n\nCommand: `{command}` (each run: `python benchmarks/perf.py --json <file>`).\n",
+             head, "|---|" + "---|---|" * len(runs)]
+    for i, (figure, _, _) in enumerate(table[0]):
+        lines.append(f"| {figure} | " + " | ".join(f"{t[i][1]} | {t[i][2]}" for t in table) + " |")
+    if len(data) >= 2 and len(data[0]["cli_score"]["scores"]) == len(data[-1]["cli_score"]["scores"]):
+        diff = max(abs(a - b) for a, b in zip(data[0]["cli_score"]["scores"], data[-1]["cli_score"]["scores"], strict=True))
+        lines.append(f"\nLargest |score difference| between the first and last run on the `score` answers: {diff:.2e}.")
+    lines.append("\nMachines:")
+    for p, r in zip(runs, data, strict=True):
+        m = r["machine"]
+        lines.append(f"- {p.stem}: {m['cpu']}, {m['cores']} cores visible, torch {m['torch']} ({m['torch_threads']} threads), "
+                     f"onnxruntime {m['onnxruntime']}, llama-cpp-python {m['llama_cpp']}, GPU {m['gpu']}; load average "
+                     f"{m['loadavg_start']:.1f} → {m['loadavg_end']:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="Measure and write the figures here.")
+    parser.add_argument("--render", type=Path, nargs="+", help="Render measured JSON files (before, after) as markdown.")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "perf.md")
+    parser.add_argument("--n-detector", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--n-score", type=int, default=600)
+    parser.add_argument("--n-detox", type=int, default=12)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.render:
+        command = "python benchmarks/perf.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
+        args.out.write_text(render(args.render, command))
+        print(args.out.read_text())
+        return 0
+    if not args.json:
+        parser.error("give --json FILE to measure, or --render FILES to render")
+    result = measure(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
