@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.proxy_load import BENIGN, MESSAGES  # noqa: E402
-from tests.servers import LOOPBACK, free_port, wait_ready  # noqa: E402
+from tests.servers import LOOPBACK, free_port, stop_processes, wait_ready  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 #: Answer sources for the CLI and detoxification figures (none of the test-only sets).
@@ -207,12 +207,7 @@ def proxy_figures(clients: int, requests: int) -> dict[str, Any]:
             out[name] = {"one_p50_ms": pct(one, 50), "many_p50_ms": pct(many, 50), "many_p95_ms": pct(many, 95),
                          "stream_first_p50_ms": pct(first, 50)}
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
     return out
 
 

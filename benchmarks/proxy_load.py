@@ -34,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import LOOPBACK, free_port, wait_ready  # noqa: E402
+from tests.servers import LOOPBACK, free_port, stop_processes, wait_ready  # noqa: E402
 
 BENIGN = ("The image shows a golden retriever lying on a green lawn next to a red ball. The sky is clear and "
           "there is a wooden fence in the background. The dog looks relaxed and seems to be enjoying the sun.")
@@ -226,12 +226,7 @@ async def main_async(args: argparse.Namespace) -> int:
         metrics_text = httpx.get(f"http://{LOOPBACK}:{proxy_port}/metrics").text
         args.loadavg = " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min)"
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
     command = "python benchmarks/proxy_load.py" + "".join(f" {a}" for a in map(shlex.quote, sys.argv[1:]))
     text = report(args, phases, guard, metrics_text, command)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

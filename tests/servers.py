@@ -35,6 +35,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    """Terminate processes, last started first; kill those still running after `timeout` seconds."""
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def wait_ready(url: str, timeout: float, process: Optional[subprocess.Popen] = None) -> None:
     """Poll `url` until it answers < 500; RuntimeError after `timeout` s (or if `process` exits)."""
     deadline = time.monotonic() + timeout
