@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], guard: dict[str, 
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {machine()}. Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        f"Machine: {machine()}. Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
         "| phase | sent | 200 | errors | lost | p50 ms | p95 ms | added p50 ms | added p95 ms | req/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
