@@ -19,6 +19,18 @@ app = typer.Typer(help="Train a harm detector or a detoxifier on your own policy
 logger = logging.getLogger(__name__)
 
 
+DATA_DIR = typer.Option(None, "--data-dir", help="Shared data folder (default ../shared/data).")
+FROZEN_BACKBONE = typer.Option("minilm-l6", help="Frozen backbone: alias, local path or hub id.")
+
+
+def _check_cache(features: Path, backbone: str) -> None:
+    """A feature cache is reused only for the backbone it was computed with."""
+    from ..train.probe import cache_backbone
+
+    if (features / "features.json").is_file() and cache_backbone(features)[0] != backbone:
+        raise typer.BadParameter(f"{features} holds {cache_backbone(features)[0]} features, not {backbone}: pick another --features folder")
+
+
 def _labelled_corpus(data_dir_: Optional[Path], sources: Optional[str], jsonl: list[Path]) -> Corpus:
     """The shared data sets (or a subset) plus the user's JSONL files; only --jsonl given: those alone."""
     use_shared = not jsonl or data_dir_ is not None
@@ -32,7 +44,7 @@ def _labelled_corpus(data_dir_: Optional[Path], sources: Optional[str], jsonl: l
 def detector(
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder to save the trained detector in."),
     backbone: str = typer.Option("minilm-l6", help="Alias (minilm-l6, smollm2-135m-instruct), local path or hub id."),
-    data_dir_: Optional[Path] = typer.Option(None, "--data-dir", help="Shared data folder (default ../shared/data)."),
+    data_dir_: Optional[Path] = DATA_DIR,
     sources: Optional[str] = typer.Option(None, help="Comma-separated corpus sources (default: all)."),
     jsonl: list[Path] = typer.Option([], "--jsonl", help="Extra labelled JSONL files (response, label[, query])."),
     lora: bool = typer.Option(True, help="LoRA adapter + head (small to ship) instead of a full fine-tune."),
@@ -93,8 +105,8 @@ def detector(
 def probe_command(
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder to save the trained probe detector in."),
     features: Path = typer.Option(Path("runs/loso"), help="Feature cache folder (built here when missing)."),
-    backbone: str = typer.Option("minilm-l6", help="Frozen backbone: alias, local path or hub id."),
-    data_dir_: Optional[Path] = typer.Option(None, "--data-dir", help="Shared data folder (default ../shared/data)."),
+    backbone: str = FROZEN_BACKBONE,
+    data_dir_: Optional[Path] = DATA_DIR,
     sources: Optional[str] = typer.Option(None, help="Comma-separated sources (default: all but hh_rlhf, plus every labelled set)."),
     cap: int = typer.Option(1000, help="At most this many examples per English (source, label); cap/4 per other language."),
     variant: str = typer.Option("query_response", help="response | query_response: what the head reads."),
@@ -109,7 +121,7 @@ def probe_command(
     from ..data.labelled import labelled_sets
     from ..data.readers import SOURCES
     from ..detector import Combine, InputFormat
-    from ..train.probe import build_feature_cache, cache_backbone, sample, train_probe
+    from ..train.probe import build_feature_cache, sample, train_probe
 
     if variant not in ("response", "query_response"):
         raise typer.BadParameter(f"--variant must be response or query_response, got {variant!r}")
@@ -117,8 +129,7 @@ def probe_command(
         raise typer.BadParameter(f"--combine must be max or max_corrected, got {combine!r}")
     input_format: InputFormat = "query_response" if variant == "query_response" else "response"
     combine_mode: Combine = "max_corrected" if combine == "max_corrected" else "max"
-    if (features / "features.json").is_file() and cache_backbone(features)[0] != backbone:
-        raise typer.BadParameter(f"{features} holds {cache_backbone(features)[0]} features, not {backbone}: pick another --features folder")
+    _check_cache(features, backbone)
     if not (features / f"feat_{variant}.npy").is_file():
         root = data_dir(data_dir_)
         names = sources.split(",") if sources else [s for s in SOURCES if s != "hh_rlhf"] + labelled_sets(root)
@@ -131,6 +142,32 @@ def probe_command(
     summary = report["loso"]
     typer.echo(json.dumps({k: summary[k] for k in ("threshold", "loso_mean_auroc", "loso_worst_auroc", "loso_worst_family",
                                                    "macro_f1", "benign_fpr", "dna_fpr")}, indent=2, default=float))
+
+
+@app.command("input-guard")
+def input_guard_command(
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder to save the request classifier in."),
+    features: Path = typer.Option(Path("runs/input_guard"), help="Feature cache folder (built here when missing)."),
+    backbone: str = FROZEN_BACKBONE,
+    data_dir_: Optional[Path] = DATA_DIR,
+    cap: int = typer.Option(4000, help="At most this many requests per (source, label), by whole groups."),
+    max_fpr: float = typer.Option(0.02, help="Held-out macro false-positive budget on benign request families."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Source family left out of training (repeatable), e.g. figstep."),
+    seed: int = 0,
+) -> None:
+    """Train the input guard's request classifier (probe on requests); c and threshold chosen leave-one-source-out."""
+    from ..train.request_probe import VARIANT, build_request_cache, model_card, train_request_probe
+
+    _check_cache(features, backbone)
+    if not (features / f"feat_{VARIANT}.npy").is_file():
+        build_request_cache(data_dir(data_dir_), features, cap, seed, backbone)
+    detector_model, report = train_request_probe(features, max_fpr, exclude)
+    detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
+    detector_model.save_pretrained(output_dir)
+    (output_dir / "README.md").write_text(model_card(detector_model.config))
+    (output_dir / "training_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    loso = report["loso"]
+    typer.echo(json.dumps({k: loso[k] for k in ("c", "threshold", "macro_recall", "pooled_auroc")}, indent=2, default=float))
 
 
 @app.command("categories")
@@ -168,7 +205,7 @@ def categories_command(
 @app.command("calibrate")
 def calibrate_command(
     detector_dir: Path = typer.Argument(..., help="Saved detector folder whose threshold is re-chosen in place."),
-    data_dir_: Optional[Path] = typer.Option(None, "--data-dir", help="Shared data folder (default ../shared/data)."),
+    data_dir_: Optional[Path] = DATA_DIR,
     sources: Optional[str] = typer.Option(None, help="Comma-separated corpus sources (default: all)."),
     jsonl: list[Path] = typer.Option([], "--jsonl", help="Labelled JSONL files (response, label[, query]) to calibrate on."),
     max_fpr: float = typer.Option(0.05, help="Threshold keeps the FPR on benign validation answers at most this."),
@@ -191,7 +228,7 @@ def calibrate_command(
 def detoxifier(
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder to save the adapter (or full model) in."),
     model: str = typer.Option("smollm2-135m-instruct", help="Base causal LM with a chat template: alias, path or hub id."),
-    data_dir_: Optional[Path] = typer.Option(None, "--data-dir", help="Shared data folder (default ../shared/data)."),
+    data_dir_: Optional[Path] = DATA_DIR,
     sources: Optional[str] = typer.Option(None, help="Comma-separated detox sources (mmsb_gemini, jailbreakbench, pku_saferlhf, matched; default all)."),
     jsonl: list[Path] = typer.Option([], "--jsonl", help="Extra detox JSONL files (query, harmful, target[, category])."),
     pku: list[str] = typer.Option([], "--pku", help="PKU-SafeRLHF-format data (hub id or local json/jsonl/parquet): pairs with one safe answer."),

@@ -1,0 +1,155 @@
+"""Training the input guard's request classifier: a probe detector (frozen backbone + linear heads) on requests.
+
+Same machinery as the answer probe (`train.probe`, `train.loso`): pooled MiniLM features cached once,
+source-balanced logistic-regression heads, every source family held out in turn. Most request sources
+hold one label, so the held-out table reports recall on harmful families and the false-positive rate on
+benign ones; the threshold is chosen on the pooled held-out scores (best macro recall with the macro
+benign FPR at most `max_fpr`), and the L2 strength `c` is chosen the same way among `C_GRID`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from ..data.records import Example
+from ..data.requests import load_requests, request_category
+from ..detector import DetectorConfig, HarmDetector
+from ..eval.metrics import auroc
+from ..probe import build_probe
+from .loso import Data, loso_scores
+from .probe import balanced_weights, build_feature_cache, cache_backbone, fit_category_head, fit_head, install_heads, sample
+
+logger = logging.getLogger(__name__)
+
+#: Inverse L2 strengths compared leave-one-source-out.
+C_GRID = (0.01, 0.05, 0.2)
+VARIANT = "response"  # the request is the scored text
+
+
+def build_request_cache(root: Path, out: Path, cap: int, seed: int, backbone: str = "minilm-l6") -> None:
+    """Sample the labelled requests (at most `cap` per source and label, by whole groups) and cache their features."""
+    build_feature_cache(sample(load_requests(root), cap, seed), out, backbone, [VARIANT])
+
+
+def _categories(data: Data) -> list[str | None]:
+    return [request_category(Example(r["response"], r["label"], None, r["source"], r["group"], r.get("scenario")))
+            for r in data.rows]
+
+
+def choose_threshold(data: Data, probs: np.ndarray, max_fpr: float, keep: np.ndarray) -> tuple[float, float]:
+    """(threshold, macro recall): best macro recall over the kept harmful families with macro benign-family FPR ≤ `max_fpr`."""
+    fams = sorted(set(data.families[keep]))
+    harm = [np.flatnonzero((data.families == f) & (data.labels == 1)) for f in fams]
+    safe = [np.flatnonzero((data.families == f) & (data.labels == 0)) for f in fams]
+    harm, safe = [i for i in harm if len(i)], [i for i in safe if len(i)]
+    best = (-1.0, 1.0)
+    for t in np.unique(np.quantile(probs, np.linspace(0.0, 1.0, 2001))):
+        if np.mean([(probs[i] >= t).mean() for i in safe]) > max_fpr:
+            continue
+        best = max(best, (float(np.mean([(probs[i] >= t).mean() for i in harm])), float(t)))
+    return best[1], best[0]
+
+
+def loso_table(data: Data, probs: np.ndarray, threshold: float) -> dict[str, dict[str, Any]]:
+    """Per held-out family: rows of each label, recall (harmful rows), FPR (benign rows), AUROC (both labels)."""
+    table = {}
+    for fam in sorted(set(data.families)):
+        idx = np.flatnonzero(data.families == fam)
+        y, p = data.labels[idx], probs[idx]
+        row: dict[str, Any] = {"harmful": int(y.sum()), "benign": int((1 - y).sum())}
+        if y.any():
+            row["recall"] = float((p[y == 1] >= threshold).mean())
+        if (1 - y).any():
+            row["fpr"] = float((p[y == 0] >= threshold).mean())
+        if 0 < y.sum() < len(y):
+            row["auroc"] = auroc(y, p)
+        table[fam] = row
+    return table
+
+
+def train_request_probe(cache: Path, max_fpr: float = 0.02, exclude: Sequence[str] = (), max_length: int = 128,
+                        stride: int = 32) -> tuple[HarmDetector, dict[str, Any]]:
+    """Choose `c` and the threshold leave-one-source-out, then fit the heads on every row; `exclude` leaves
+    whole families out of training and of the threshold choice (to measure the guard on attacks it never saw)."""
+    backbone, layers = cache_backbone(cache)
+    data = Data.load(cache)
+    keep = ~np.isin(data.families, list(exclude))
+    t0 = time.time()
+    runs = {}
+    for c in C_GRID:
+        probs = expit(loso_scores(data, [VARIANT], keep, c))
+        threshold, recall = choose_threshold(data, probs, max_fpr, keep)
+        runs[c] = {"threshold": threshold, "macro_recall": recall, "pooled_auroc": auroc(data.labels, probs), "probs": probs}
+        logger.info("c=%g: threshold %.3f, held-out macro recall %.3f at macro benign FPR ≤ %.2f", c, threshold, recall, max_fpr)
+    c = max(runs, key=lambda k: (runs[k]["macro_recall"], runs[k]["pooled_auroc"]))
+    chosen = runs[c]
+    x = data.matrix([VARIANT])[keep]
+    labels, sources = data.labels[keep], data.sources[keep]
+    mean, scale, harm = fit_head(x, labels, balanced_weights(sources, labels), c)
+    cats = [cat for cat, kept in zip(_categories(data), keep, strict=True) if kept]
+    category, names = fit_category_head(x, cats, mean, scale, c)
+    probe = build_probe(backbone, layers, len(names))
+    install_heads(probe, mean, scale, harm, category)
+    loso = {"c": c, "excluded": list(exclude), "threshold": chosen["threshold"], "max_fpr": max_fpr, "macro_recall": chosen["macro_recall"],
+            "pooled_auroc": chosen["pooled_auroc"], "by_family": loso_table(data, chosen["probs"], chosen["threshold"]),
+            "c_grid": {str(k): {m: v[m] for m in ("threshold", "macro_recall", "pooled_auroc")} for k, v in runs.items()}}
+    config = DetectorConfig(backbone=backbone, threshold=chosen["threshold"], max_length=max_length, stride=stride,
+                            input_format="response", lora=False, kind="probe", layers=layers, categories=names, combine="max")
+    config.metrics = {"loso": loso}
+    config.training = {"task": "request classifier (input guard)", "features": str(cache), "examples": int(keep.sum()),
+                       "by_source": {s: {"harmful": int(((sources == s) & (labels == 1)).sum()),
+                                         "harmless": int(((sources == s) & (labels == 0)).sum())}
+                                     for s in sorted(set(sources))},
+                       "category_examples": sum(1 for cat in cats if cat)}
+    from ..models import load_tokenizer
+
+    return HarmDetector(probe, load_tokenizer(backbone), config, device="cpu"), {"loso": loso, "wall_s": time.time() - t0}
+
+
+#: Licence of each training source (from the data folder's MANIFESTs), for the model card.
+LICENCES = {
+    "advbench": "MIT", "strongreject": "MIT", "harmfulqa": "Apache-2.0", "catqa": "Apache-2.0", "dangerousqa": "Apache-2.0",
+    "harmbench": "MIT", "mmsb": "CC BY-NC 4.0 (research only)", "figstep": "MIT", "vlguard": "none stated (see the HF card)",
+    "jailbreakbench": "MIT", "stl_harmful": "CC BY-NC 4.0", "stl_alpaca": "CC BY-NC 4.0",
+    "benign_instructions": "derived from Alpaca, CC BY-NC 4.0", "vicuna80": "Apache-2.0",
+    "llava": "Apache-2.0 code; GPT-4 text under OpenAI terms", "mm_vet": "research use",
+}
+
+
+def model_card(config: DetectorConfig) -> str:
+    """README.md of a saved request classifier: data and licences, the leave-one-source-out table, thresholds."""
+    loso, training = config.metrics["loso"], config.training
+    lines = ["# Input guard request classifier", "",
+             "Scores a *request* (the user's text plus the text read from its image, marked `[Text in the image]:`) "
+             "with P(harmful). A probe: frozen all-MiniLM-L6-v2, mean-pooled layers "
+             f"{', '.join(map(str, config.layers))}, a logistic-regression harm head and a category head "
+             f"({', '.join(config.categories)}).", "",
+             f"Trained with: `{training.get('command', '')}`", "",
+             f"Threshold **{config.threshold:.4f}**: the best macro recall over the harmful source families with the "
+             f"macro false-positive rate over the benign families at most {loso['max_fpr']:.0%}, on pooled "
+             f"leave-one-source-out scores (c = {loso['c']} chosen the same way among {', '.join(loso['c_grid'])}). "
+             f"Held-out macro recall {loso['macro_recall']:.3f}, pooled AUROC {loso['pooled_auroc']:.3f}."
+             + (f" Families left out of training: {', '.join(loso['excluded'])}." if loso.get("excluded") else ""), "",
+             "## Leave-one-source-out (each family scored by a head trained without it)", "",
+             "| family | harmful | benign | recall | FPR | AUROC |", "|---|---|---|---|---|---|"]
+    for fam, row in loso["by_family"].items():
+        cells = [f"{row[k]:.3f}" if k in row else "–" for k in ("recall", "fpr", "auroc")]
+        lines.append(f"| {fam} | {row['harmful']} | {row['benign']} | {' | '.join(cells)} |")
+    lines += ["", "## Training data and licences", "",
+              "Rows per source (harmful / harmless) after sampling; the typographic forms (MM-SafetyBench rephrased "
+              "question + key phrase, FigStep prompt + instruction, and the same templates around benign "
+              "instructions) are rows of their source. A fifth of the benign instructions (by group hash) is "
+              "held out for the evaluation and never trained on.", "",
+              "| source | harmful | harmless | licence |", "|---|---|---|---|"]
+    for source, counts in training["by_source"].items():
+        lines.append(f"| {source} | {counts['harmful']} | {counts['harmless']} | {LICENCES.get(source, 'see its MANIFEST')} |")
+    lines += ["", "Several sets are CC BY-NC 4.0 or research-only: **this classifier is for research / non-commercial "
+              "use**. Retrain on your own data (`mllm-protector train input-guard`) for commercial use.", ""]
+    return "\n".join(lines)
