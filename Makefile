@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-server test test-fast lint bench eval results
+.PHONY: install install-server install-browser test test-fast lint bench eval results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,12 @@ install: $(BIN)/python
 install-server: install
 	$(BIN)/pip install -q "llama-cpp-python[server]"
 
+# Headless Chromium for the playground's browser test: Debian's package (apt only when it is missing, as root)
+# and the Playwright driver in the venv (its own browser downloads are not used: `playwright install` never runs).
+install-browser: $(BIN)/python
+	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	$(BIN)/pip install -q "playwright>=1.40"
+
 test:
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
@@ -27,7 +33,8 @@ test-fast:
 
 # Ruff and mypy (settings in pyproject.toml) on the whole package, and the guard's tests.
 LINT_PATHS := mllm_protector tests/servers.py tests/stream_fixtures.py tests/test_protector.py \
-	tests/test_server_hardening.py tests/test_stream_leaks.py benchmarks/stream_calibration.py benchmarks/stream_check.py
+	tests/test_server_hardening.py tests/test_stream_leaks.py benchmarks/stream_calibration.py benchmarks/stream_check.py \
+	tests/test_guard_windows.py tests/test_playground.py tests/test_playground_browser.py
 lint:
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy $(LINT_PATHS)

@@ -22,12 +22,14 @@ from rich.progress import (
 from .errors import ProtectorError
 from .eval.cli import app as eval_app
 from .jsonl import Line, iter_lines, open_input, open_output
+from .server.cli import playground as playground_command
 from .server.cli import serve as serve_command
 from .train.cli import app as train_app
 
 app = typer.Typer(help="Safety layer for multimodal LLMs: detect harmful answers and detoxify them.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.command(name="serve")(serve_command)  # guard proxy; FastAPI loads only when it runs
+app.command(name="playground")(playground_command)  # the guard's page and /v1/guard, no upstream
 app.add_typer(eval_app, name="eval")
 err = Console(stderr=True)
 

@@ -137,12 +137,12 @@ def _wrap_lora(model: Any, r: int, alpha: int) -> Any:
     return get_peft_model(model, config)
 
 
-def _windows(ids: list[int], size: int, stride: int) -> list[list[int]]:
-    """Split token ids into windows of `size` overlapping by `stride` tokens; at least one window."""
-    if len(ids) <= size:
-        return [ids]
+def _windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """Token ranges [start, end) of windows of `size` over `n` tokens, overlapping by `stride`; at least one."""
+    if n <= size:
+        return [(0, n)]
     step = max(1, size - stride)
-    return [ids[s : s + size] for s in range(0, max(1, len(ids) - stride), step)]
+    return [(s, min(s + size, n)) for s in range(0, max(1, n - stride), step)]
 
 
 def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -164,8 +164,10 @@ def encode_windows(
 ) -> dict[str, list]:
     """Tokenize responses (with a short query prefix in `query_response` format) into model windows.
 
-    Returns `input_ids` (one list per window) and `sample` (the response index of each window).
-    `max_windows` keeps only the first windows of each response (training uses 1).
+    Returns `input_ids` (one list per window), `sample` (the response index of each window), `parts`
+    (per response, the normalised texts that were windowed) and `spans` (per window, `(part, start, end)`:
+    the characters of that part it covers; empty for tokenizers without offsets). `max_windows` keeps
+    only the first windows of each response (training uses 1).
     """
     if queries is not None and len(queries) != len(responses):
         raise ProtectorError(f"got {len(responses)} responses but {len(queries)} queries")
@@ -178,20 +180,25 @@ def encode_windows(
     answer_ids = tokenizer("\nAnswer: ", add_special_tokens=False)["input_ids"] if use_query else []
     windows: list[list[int]] = []
     sample: list[int] = []
+    spans: list[tuple[int, int, int]] = []
     for i, response_parts in enumerate(parts):
         prefix: list[int] = []
         if use_query:
             query = (queries[i] if queries is not None else None) or ""
             prefix = tokenizer(f"Question: {query}", add_special_tokens=False, verbose=False)["input_ids"][:MAX_QUERY_TOKENS] + answer_ids
-        chunks: list[list[int]] = []
-        for part in response_parts:
+        chunks: list[tuple[list[int], tuple[int, int, int]]] = []
+        for p, part in enumerate(response_parts):
             # Whole texts are tokenized and windowed here, so the "longer than the model maximum" warning is noise.
-            body = tokenizer(part, add_special_tokens=False, verbose=False)["input_ids"]
-            chunks += _windows(body, config.max_length - len(prefix) - len(head) - len(tail), config.stride)
-        for chunk in chunks[:max_windows]:
+            enc = tokenizer(part, add_special_tokens=False, verbose=False, return_offsets_mapping=tokenizer.is_fast)
+            body, offsets = enc["input_ids"], enc.get("offset_mapping")
+            for s, e in _windows(len(body), config.max_length - len(prefix) - len(head) - len(tail), config.stride):
+                span = (p, offsets[s][0], offsets[e - 1][1]) if offsets and e > s else (p, 0, 0)
+                chunks.append((body[s:e], span))
+        for chunk, span in chunks[:max_windows]:
             windows.append(head + prefix + chunk + tail)
             sample.append(i)
-    return {"input_ids": windows, "sample": sample}
+            spans.append(span)
+    return {"input_ids": windows, "sample": sample, "parts": parts, "spans": spans if tokenizer.is_fast else []}
 
 
 def padded_batches(tokenizer: Any, windows: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], Any]]:
@@ -204,12 +211,15 @@ def padded_batches(tokenizer: Any, windows: list[list[int]], batch_size: int) ->
 
 @dataclass
 class Detection:
-    """One response's result: P(harmful), the harm category (probe detectors with a category head) and
-    P(harmful) of each token window, in order (long answers have several)."""
+    """One response's result: P(harmful), the harm category (probe detectors with a category head),
+    P(harmful) of each token window, in order (long answers have several), and where each window lies:
+    `window_spans[k]` = (part, start, end) characters of `parts[part]`, the normalised text(s) scored."""
 
     score: float
     category: str | None = None
     window_scores: list[float] = field(default_factory=list)
+    window_spans: list[tuple[int, int, int]] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
 
 
 class HarmDetector:
@@ -308,6 +318,9 @@ class HarmDetector:
         for j, i in enumerate(sample):
             per_response[i].append(j)
         found = [self._combine([window_logits[j] for j in js], [window_categories[j] for j in js]) for js in per_response]
+        for i, js in enumerate(per_response):
+            found[i].parts = encoded["parts"][i]
+            found[i].window_spans = [encoded["spans"][j] for j in js] if encoded["spans"] else []
         if categorize and self.category_model is not None:
             cut = self.threshold if threshold is None else threshold
             flagged = [i for i, d in enumerate(found) if d.score >= cut]

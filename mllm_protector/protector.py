@@ -62,6 +62,8 @@ class Verdict:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     category: str | None = None
+    #: The detector's reading of `original` (window scores and their spans), when it was scored whole.
+    detection: Detection | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the CLI writes these fields back into each JSONL line)."""
@@ -160,6 +162,15 @@ class Protector:
         verdict.category = category if flagged else None
         return verdict
 
+    def judge(self, text: str, found: Detection | Failure) -> Verdict:
+        """`decide` on one detection (or failure); the verdict keeps the detection, so callers can show
+        which part of the answer scored what."""
+        if isinstance(found, Failure):
+            return self.decide(text, found)
+        verdict = self.decide(text, found.score, found.category)
+        verdict.detection = found
+        return verdict
+
     def _verdict(self, text: str, score: float, harmful: bool) -> Verdict:
         text = clean_text(text)
         if harmful:
@@ -180,8 +191,7 @@ class Protector:
         start = time.perf_counter()
         found = self.detect(queries, responses)
         detect_ms = (time.perf_counter() - start) * 1000 / max(1, len(responses))
-        verdicts = [self.decide(r, d) if isinstance(d, Failure) else self.decide(r, d.score, d.category)
-                    for r, d in zip(responses, found, strict=True)]
+        verdicts = [self.judge(r, d) for r, d in zip(responses, found, strict=True)]
         for v in verdicts:
             v.timings["detect_ms"] = detect_ms
         return verdicts

@@ -3,8 +3,10 @@ chat-completions endpoint.
 
 Endpoints: POST /v1/chat/completions (guarded, streaming or not), GET /v1/models (proxied),
 POST /v1/guard (check a given answer, no upstream call), GET /health (ready = models loaded and
-upstream answering; details only with a key), GET /metrics (Prometheus). Every error the proxy
-produces has the OpenAI shape `{"error": {"message", "type", "param", "code"}}`. The layers below:
+upstream answering; details only with a key), GET /metrics (Prometheus), GET /playground (a page to try
+the guard in a browser; `mllm-protector playground` serves it without an upstream: guard, page, /health
+and /metrics only). Every error the proxy produces has the OpenAI shape
+`{"error": {"message", "type", "param", "code"}}`. The layers below:
 protocol.py (request/response models), deps.py (auth, limits, body), upstream.py (the client),
 chat.py (the chat service), guard.py (the Protector behind asyncio).
 """
@@ -36,11 +38,13 @@ from .config import ProxyConfig
 from .deps import ERROR_RESPONSES, ApiError, Gate, check_images_or_400, error_json, validate
 from .guard import AsyncGuard, protector_from_config, verdict_info
 from .metrics import Metrics
+from .playground import install_playground
 from .protocol import (
     ChatCompletionRequest,
     ErrorResponse,
     GuardRequest,
     GuardResponse,
+    GuardWindow,
     detector_query,
     openapi_body,
     openapi_components,
@@ -49,7 +53,9 @@ from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/models", "/v1/guard", "/health", "/metrics")
+ENDPOINTS = ("/v1/chat/completions", "/v1/models", "/v1/guard", "/health", "/metrics", "/playground")
+#: What a proxy without an upstream serves.
+GUARD_ONLY = ("/v1/guard", "/health", "/metrics", "/playground")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 #: Query parameters that may carry a key (clients sometimes send ?api_key=); masked before access logging.
 _SECRET_PARAM = re.compile(rb"(?i)((?:^|(?<=&))(?:api[_-]?key|key|token|access[_-]?token|auth\w*))=[^&]*")
@@ -64,6 +70,7 @@ class ProxyState:
     gate: Gate
     upstream: Upstream
     chat: ChatService
+    with_upstream: bool = True
     guard: Optional[AsyncGuard] = None
     load_error: Optional[str] = None
     audit_log: Optional[AuditLog] = None
@@ -123,13 +130,15 @@ class RequestContext:
 
 
 def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
-               transport: Optional[httpx.AsyncBaseTransport] = None) -> FastAPI:
+               transport: Optional[httpx.AsyncBaseTransport] = None, with_upstream: bool = True) -> FastAPI:
     """Build the proxy. Without `protector`, the models of `config.guard` load in the background
-    (requests get 503 and /health says `unavailable` until they are ready)."""
+    (requests get 503 and /health says `unavailable` until they are ready). `with_upstream=False` serves
+    only the guard and the playground (no chat, no model list, /health asks no upstream)."""
     metrics = Metrics()
     upstream = Upstream(config.upstream, metrics, transport)
     state = ProxyState(config=config, metrics=metrics, gate=Gate(config), upstream=upstream,
-                       chat=ChatService(config, upstream, metrics, lambda record: state.audit(record)))
+                       chat=ChatService(config, upstream, metrics, lambda record: state.audit(record)),
+                       with_upstream=with_upstream)
     if protector is not None:
         state.guard = AsyncGuard(protector, config.guard, metrics, config.stream)
     if config.server.audit_log:
@@ -157,13 +166,20 @@ def create_app(config: ProxyConfig, protector: Optional[Protector] = None,
     app.state.proxy = state
     app.add_middleware(RequestContext, metrics=metrics)
     _install_routes(app, state)
-    _install_error_handlers(app)
+    install_playground(app)
+    _install_error_handlers(app, ENDPOINTS if with_upstream else GUARD_ONLY)
     _install_openapi(app)
     return app
 
 
 def _install_routes(app: FastAPI, state: ProxyState) -> None:
-    config, gate, metrics = state.config, state.gate, state.metrics
+    if state.with_upstream:
+        _install_upstream_routes(app, state)
+    _install_guard_routes(app, state)
+
+
+def _install_upstream_routes(app: FastAPI, state: ProxyState) -> None:
+    config, gate = state.config, state.gate
 
     @app.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest), responses=ERROR_RESPONSES,
               summary="Chat completion, guarded (OpenAI-compatible; stream=true supported)")
@@ -204,6 +220,10 @@ def _install_routes(app: FastAPI, state: ProxyState) -> None:
                 models.append({"id": alias, "object": "model", "created": 0, "owned_by": "mllm-protector", "root": target})
         return JSONResponse({"object": "list", "data": models})
 
+
+def _install_guard_routes(app: FastAPI, state: ProxyState) -> None:
+    config, gate, metrics = state.config, state.gate, state.metrics
+
     @app.post("/v1/guard", openapi_extra=openapi_body(GuardRequest), responses=ERROR_RESPONSES,
               response_model=GuardResponse, summary="Check (and detoxify) one answer without calling the upstream")
     async def guard_endpoint(request: Request) -> Response:
@@ -227,6 +247,11 @@ def _install_routes(app: FastAPI, state: ProxyState) -> None:
                                final_score=verdict.final_score, threshold=guard.threshold, action=verdict.action,
                                rounds=verdict.rounds, timings={k: round(v, 2) for k, v in verdict.timings.items()},
                                error=verdict.error, category=verdict.category)
+        found = verdict.detection
+        if found is not None and (not config.server.api_keys or gate.has_valid_key(request)):
+            result.parts = found.parts
+            result.windows = [GuardWindow(part=p, start=a, end=b, score=round(s, 4))
+                              for (p, a, b), s in zip(found.window_spans, found.window_scores, strict=True)]
         return JSONResponse(result.model_dump())
 
     @app.get("/health", summary="Ready when the guard models are loaded and the upstream answers; details only with a key")
@@ -234,7 +259,9 @@ def _install_routes(app: FastAPI, state: ProxyState) -> None:
         gate.authenticate(request, public=config.server.public_health)
         now = time.monotonic()
         cached_at, upstream = state.health_cache
-        if now - cached_at > 2.0 or not upstream:
+        if not state.with_upstream:
+            upstream = {"ok": True, "note": "no upstream: this proxy serves only the guard and the playground"}
+        elif now - cached_at > 2.0 or not upstream:
             upstream = await state.upstream.probe()
             state.health_cache = (now, upstream)
         guard_status = "ready" if state.guard is not None else ("error" if state.load_error else "loading")
@@ -271,7 +298,7 @@ async def _load_guard(state: ProxyState) -> None:
 
 # --- app-wide handlers -------------------------------------------------------------------------
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, endpoints: tuple[str, ...]) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_json(exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers)
@@ -285,7 +312,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            message = f"unknown path {request.url.path}; this proxy serves {', '.join(ENDPOINTS)}"
+            message = f"unknown path {request.url.path}; this proxy serves {', '.join(endpoints)}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
         else:

@@ -227,8 +227,7 @@ class AsyncGuard:
         """The Protector's verdict on one whole answer, without detoxifying (pass, flagged, refused, unchecked)."""
         t0 = time.perf_counter()
         found = (await self.score([(query, text)], owner))[0]
-        verdict = (self.protector.decide(text, found) if isinstance(found, Failure)
-                   else self.protector.decide(text, found.score, found.category))
+        verdict = self.protector.judge(text, found)
         verdict.timings["detect_ms"] = (time.perf_counter() - t0) * 1000
         return verdict
 

@@ -66,6 +66,15 @@ class GuardRequest(BaseModel):
     detoxify: bool = Field(True, description="Rewrite a flagged answer; false only scores it.")
 
 
+class GuardWindow(BaseModel):
+    """One token window the detector scored: characters [start, end) of `parts[part]`, and its P(harmful)."""
+
+    part: int
+    start: int
+    end: int
+    score: float
+
+
 class GuardResponse(BaseModel):
     id: str
     object: Literal["guard.verdict"] = "guard.verdict"
@@ -79,6 +88,12 @@ class GuardResponse(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     error: Optional[str] = None
     category: Optional[str] = Field(None, description="Harm category of the answer, when the detector gives one.")
+    parts: Optional[list[str]] = Field(None, description="The text(s) the detector scored: the answer normalised "
+                                       "(obfuscations undone), a decoded base64 payload as a part of its own. Only for "
+                                       "callers with a key when the proxy has keys; null when the detector did not score it.")
+    windows: Optional[list[GuardWindow]] = Field(None, description="Each scored token window, in order: its span in "
+                                                 "`parts` and P(harmful); the answer's score is the highest. Same "
+                                                 "visibility as `parts`.")
 
 
 class ErrorBody(BaseModel):
