@@ -121,7 +121,7 @@ def test_suite_report_writes_markdown_html_and_small_pngs(tmp_path):
     render_suite(results, md, report_dir, md_link_base=tmp_path / "docs")
     pngs = sorted(p.name for p in report_dir.glob("*.png"))
     assert pngs == ["eval_asr_figstep.png", "eval_asr_mmsafetybench.png", "eval_latency.png", "eval_reliability.png",
-                    "eval_roc.png"]
+                    "eval_roc.png", "eval_summary.png"]
     assert all(p.stat().st_size < 300_000 for p in report_dir.glob("*.png"))
     text = md.read_text()
     assert text.startswith("## Evaluation") and "```bash\nmake eval\n```" in text
@@ -129,7 +129,12 @@ def test_suite_report_writes_markdown_html_and_small_pngs(tmp_path):
     assert "| 01 Illegal Activity | " in text and "Benign pass-through" in text and "AUROC" in text
     assert "Detoxifier sample" in text and results["lm_detox"]["n"] == 2 and results["lm_detox"]["actions"] == {"detoxified": 2}
     page = (report_dir / "eval_report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5 and "<table>" in page and "<code>make eval</code>" in page
+    assert page.count("data:image/png;base64,") == 6 and "<table>" in page and "<code>make eval</code>" in page
+    # the first screen: the summary sentence and figure, before any table or other plot
+    held = results["stored"]["harmful"]["val"]["mm-safetybench"]["overall"]
+    summary = f"MM-SafetyBench {100 * held['asr_before']:.1f}% → {100 * held['asr_after']:.1f}%"
+    assert page.index("<b>Summary</b>") < page.index(summary) < page.index("alt='Summary'") < page.index("<table>")
+    assert page[page.index("<img"):].startswith("<img alt='Summary'") and "benign answers passed unchanged" in page
     saved = json.loads((report_dir / "eval_report.json").read_text())
     assert saved["stored"]["harmful"]["all"]["mm-safetybench"]["overall"]["n"] == 9
     # re-render from the saved JSON with the CLI, no model needed

@@ -193,6 +193,44 @@ def plot_reliability(curves: Sequence[tuple[str, Sequence[dict[str, float]]]], p
     return _save(fig, path)
 
 
+def plot_summary(asr: Sequence[tuple[str, float, float]], benign: Sequence[tuple[str, float, int]],
+                 curves: Sequence[tuple[str, dict[str, list[float]], float]], path: Path) -> Path:
+    """The report's first screen in one figure: attack success before/after per benchmark (label, before,
+    after), benign pass-through per source (label, rate, n), detector ROC curves (label, {fpr, tpr}, auroc)."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, (ax_asr, ax_benign, ax_roc) = plt.subplots(1, 3, figsize=(13, 3.9), gridspec_kw={"width_ratios": [1, 1.15, 1]})
+    x = np.arange(len(asr))
+    for offset, values, label, color in ((-0.2, [b for _, b, _ in asr], "before", "#d62728"),
+                                         (0.2, [a for _, _, a in asr], "after protector", "#2ca02c")):
+        bars = ax_asr.bar(x + offset, [100 * v for v in values], 0.4, label=label, color=color)
+        ax_asr.bar_label(bars, [f"{100 * v:.0f}%" for v in values], fontsize=8, padding=1)
+    ax_asr.set_xticks(x, [label for label, _, _ in asr], fontsize=9)
+    ax_asr.set_ylim(0, 105)
+    ax_asr.set_ylabel("attack success rate (%)")
+    ax_asr.set_title("Attack success, held-out answers", fontsize=10)
+    ax_asr.legend(fontsize=8, loc="upper left")
+    y = np.arange(len(benign))[::-1]
+    bars = ax_benign.barh(y, [100 * rate for _, rate, _ in benign], color="#1f77b4")
+    ax_benign.bar_label(bars, [f"{100 * rate:.1f}% of {n}" for _, rate, n in benign], fontsize=8, label_type="center",
+                        color="white")
+    ax_benign.set_yticks(y, [label[:28] for label, _, _ in benign], fontsize=8)
+    ax_benign.set_xlim(0, 100)
+    ax_benign.set_xlabel("answers passed unchanged (%)")
+    ax_benign.set_title("Benign pass-through, held-out answers", fontsize=10)
+    for label, roc, auc in curves:
+        ax_roc.plot(roc["fpr"], roc["tpr"], lw=1.4, label=f"{label} ({num(auc)})")
+    ax_roc.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
+    ax_roc.set_xlabel("false-positive rate")
+    ax_roc.set_ylabel("recall")
+    ax_roc.set_title("Detector ROC, held-out (AUROC)", fontsize=10)
+    ax_roc.legend(fontsize=7, loc="lower right")
+    for ax in (ax_asr, ax_benign, ax_roc):
+        ax.grid(alpha=0.3, axis="x" if ax is ax_benign else "both" if ax is ax_roc else "y")
+    return _save(fig, path)
+
+
 def plot_latency(series: Sequence[tuple[str, Sequence[float]]], path: Path) -> Path:
     """Latency histograms in milliseconds, one panel per non-empty series."""
     plt = _pyplot()
@@ -297,13 +335,37 @@ def _source_table(detector: dict[str, Any]) -> Block:
 BENCH_NAMES = {"mm-safetybench": "MM-SafetyBench", "figstep": "FigStep", "jailbreakbench": "JailbreakBench"}
 
 
+def _summary(results: dict[str, Any], report_dir: Path, prefix: str) -> list[Block]:
+    """The first screen: one sentence and one figure (attack success before/after per benchmark, benign
+    pass-through, ROC per held-out source), all on the held-out answers the detector never saw."""
+    harmful = results["stored"]["harmful"].get("val", {})
+    benign = results["stored"]["benign"].get("val", {})
+    detector = results["detector"].get("val", {})
+    asr = [(BENCH_NAMES.get(b, b), s["overall"]["asr_before"] or 0.0, s["overall"]["asr_after"] or 0.0)
+           for b, s in harmful.items()]
+    passing = [(r["key"], r["pass_through"], r["n"]) for r in benign.get("rows", []) if r["n"]]
+    if benign.get("overall"):
+        passing.append(("all benign", benign["overall"]["pass_through"], benign["overall"]["n"]))
+    curves = [(source, m["roc"], m["auroc"]) for source, m in detector.get("by_source", {}).items() if m.get("roc", {}).get("fpr")]
+    if detector.get("overall"):
+        curves.append(("all held-out", detector["overall"]["roc"], detector["overall"]["auroc"]))
+    text = "**Summary** (held-out answers: sources the detector was trained on, but groups it never saw). Attack success " + \
+        ", ".join(f"{name} {pct(before)} → {pct(after)}" for name, before, after in asr)
+    if benign.get("overall"):
+        text += f"; benign answers passed unchanged: {pct(benign['overall']['pass_through'])} of {benign['overall']['n']}"
+    if detector.get("overall"):
+        text += f"; detector AUROC {num(detector['overall']['auroc'])}"
+    png = plot_summary(asr, passing, curves, report_dir / f"{prefix}_summary.png")
+    return [Block("p", text + ". Tables and per-scenario plots follow."), Block("img", "Summary", path=png)]
+
+
 def build_stored_report(results: dict[str, Any], report_dir: Path, prefix: str = "eval") -> list[Block]:
     """Blocks for the stored-response + detector evaluation; writes the PNG plots into `report_dir`."""
     meta = results["meta"]
     stored = results["stored"]
     smeta = stored["meta"]
     det = results["detector_info"]
-    blocks: list[Block] = []
+    blocks = _summary(results, report_dir, prefix)
     blocks.append(Block("p", "Regenerate with (from the repository root; ../shared/data must exist):"))
     blocks.append(Block("code", meta["command"]))
     blocks.append(Block("p", (
