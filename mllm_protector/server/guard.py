@@ -26,8 +26,8 @@ from .metrics import Metrics
 
 
 class SerializedDetector:
-    """Delegates to a HarmDetector with one lock around `score`: one forward pass at a time, so the
-    batch workers and the detoxification thread never share the tokenizer/model concurrently."""
+    """Delegates to a HarmDetector with one lock around `score` and `detect`: one forward pass at a time, so
+    the batch workers and the detoxification thread never share the tokenizer/model concurrently."""
 
     def __init__(self, detector: Any):
         self._detector = detector
@@ -36,6 +36,10 @@ class SerializedDetector:
     def score(self, responses: Sequence[str], queries: Sequence[Optional[str]] | None = None, **kwargs: Any) -> list[float]:
         with self._lock:
             return self._detector.score(responses, queries, **kwargs)
+
+    def detect(self, responses: Sequence[str], queries: Sequence[Optional[str]] | None = None, **kwargs: Any) -> list[Any]:
+        with self._lock:
+            return self._detector.detect(responses, queries, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._detector, name)
