@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-server install-browser test test-fast lint bench eval results
+.PHONY: install install-server install-browser screenshots test test-fast lint bench eval results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ install-server: install
 install-browser: $(BIN)/python
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	$(BIN)/pip install -q "playwright>=1.40"
+
+# Regenerate the README's playground screenshots (docs/img) with the browser test.
+screenshots:
+	PLAYGROUND_SCREENSHOTS=docs/img HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_playground_browser.py
 
 test:
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

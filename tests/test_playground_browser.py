@@ -1,17 +1,24 @@
 """The playground in a real headless Chromium (Debian's `chromium`, driven by Playwright) against running
 proxies with the real default models (shipped detector, SmolLM2 LM detoxifier): a benign and a harmful
 answer checked on the page with an API key, and a streamed chat through the proxy whose harmful end is
-replaced. Screenshots go to docs/img/ (linked from the README). `make install-browser` installs both."""
+replaced. Screenshots go to $PLAYGROUND_SCREENSHOTS (`make screenshots` points it at docs/img/, linked from
+the README; otherwise a temporary folder). `make install-browser` installs Chromium and Playwright."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:
+    pytest.fail("playwright is missing: run `make install-browser`", pytrace=False)
 
 from mllm_protector.server.app import create_app
 from mllm_protector.server.config import load_config
@@ -25,7 +32,7 @@ pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "img"
+SHOTS = Path(os.environ.get("PLAYGROUND_SCREENSHOTS") or Path(tempfile.gettempdir()) / "mllm-protector-playground")
 KEY = "sk-playground-browser"
 #: Several windows of harmless text, then the harmful instructions: the chart must show the late window.
 LONG_HARMFUL = " ".join([BENIGN] * 4) + " " + HARMFUL
@@ -45,6 +52,7 @@ def protector():
 def browser():
     if not Path(CHROMIUM).is_file() or shutil.which("chromium") is None:
         pytest.fail(f"{CHROMIUM} is missing: run `make install-browser`")
+    SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
