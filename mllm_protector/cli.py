@@ -113,7 +113,7 @@ def protect(
     input: str = typer.Option(..., "--input", "-i", help=INPUT_HELP),
     output: str = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
     detector: str = typer.Option("default", help="Saved detector folder or the shipped preset `default`."),
-    detoxifier: str = typer.Option("lm", help="lm (local SmolLM2 + shipped adapter), refusal, or an OpenAI-compatible base URL."),
+    detoxifier: str = typer.Option("lm", help="lm (local SmolLM2 + shipped adapter on llama.cpp, else transformers; force with llamacpp or transformers), refusal, or an OpenAI-compatible base URL."),
     detox_model: str = typer.Option("smollm2-135m-instruct", help="Model for --detoxifier lm, or model name for a URL."),
     max_rounds: int = typer.Option(2, min=0, help="Detoxify → re-detect rounds before the fixed refusal."),
     threshold: Optional[float] = typer.Option(None, help="Override the detector's calibrated threshold."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from abc import ABC, abstractmethod
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
@@ -20,6 +21,7 @@ from .openai_api import ChatClient
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_DETOX_MODEL = "smollm2-135m-instruct"
 DEFAULT_DETOX_ADAPTER = PRETRAINED_DIR / "detoxifier-default"
 
 #: What a safe answer looks like for each kind of harm (MM-SafetyBench's judging rules, our words).
@@ -165,12 +167,41 @@ class RefusalDetoxifier:
         return self.text
 
 
-class LMDetoxifier:
-    """A local Hugging Face causal LM (optionally + LoRA adapter) rewriting with greedy decoding."""
+def resolve_adapter(model: str, adapter: str | os.PathLike[str] | bool | None) -> str | None:
+    """The LoRA adapter folder to apply: None → the shipped one for the default model, True → shipped, False → none."""
+    if adapter is None and model == DEFAULT_DETOX_MODEL and (DEFAULT_DETOX_ADAPTER / "adapter_config.json").is_file():
+        adapter = DEFAULT_DETOX_ADAPTER
+    if adapter is True:
+        adapter = DEFAULT_DETOX_ADAPTER
+    return str(adapter) if adapter else None
+
+
+class LocalDetoxifier(ABC):
+    """Shared steps of the in-process LM detoxifiers: one prompt, greedy token ids, one decoding."""
+
+    tokenizer: Any
+    max_new_tokens: int
+
+    def prompt_ids(self, query: str, response: str, category: str | None = None) -> list[int]:
+        """Token ids of the chat prompt, ending where the assistant's rewrite begins."""
+        return chat_prompt_ids(self.tokenizer, query, response, category)
+
+    @abstractmethod
+    def generate_ids(self, prompt: list[int]) -> list[int]:
+        """Greedy continuation of `prompt`, at most `max_new_tokens`, without the end-of-sequence token."""
+
+    def rewrite(self, query: str, response: str, category: str | None = None) -> str:
+        """Greedy rewrite, bounded by `max_new_tokens`."""
+        ids = self.generate_ids(self.prompt_ids(query, response, category))
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+class LMDetoxifier(LocalDetoxifier):
+    """A local Hugging Face causal LM (optionally + LoRA adapter, merged) rewriting with greedy decoding."""
 
     def __init__(
         self,
-        model: str = "smollm2-135m-instruct",
+        model: str = DEFAULT_DETOX_MODEL,
         adapter: str | os.PathLike[str] | bool | None = None,
         max_new_tokens: int = 160,
         device: str | None = None,
@@ -180,28 +211,20 @@ class LMDetoxifier:
 
         self.tokenizer = load_tokenizer(model)
         self.model = load_model(model, AutoModelForCausalLM)
-        if adapter is None and model == "smollm2-135m-instruct" and (DEFAULT_DETOX_ADAPTER / "adapter_config.json").is_file():
-            adapter = DEFAULT_DETOX_ADAPTER
-        if adapter is True:
-            adapter = DEFAULT_DETOX_ADAPTER
-        if adapter:  # None → shipped default (above); False → the base model alone
+        self.adapter = resolve_adapter(model, adapter)
+        if self.adapter:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
-        self.adapter = str(adapter) if adapter else None
+            self.model = PeftModel.from_pretrained(self.model, self.adapter).merge_and_unload()
         self.max_new_tokens = max_new_tokens
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
 
-    def prompt_ids(self, query: str, response: str, category: str | None = None) -> list[int]:
-        """Token ids of the chat prompt, ending where the assistant's rewrite begins."""
-        return chat_prompt_ids(self.tokenizer, query, response, category)
-
-    def rewrite(self, query: str, response: str, category: str | None = None) -> str:
-        """Greedy rewrite, bounded by `max_new_tokens`."""
+    def generate_ids(self, prompt: list[int]) -> list[int]:
+        """Greedy continuation of `prompt` by `transformers.generate`, without the end-of-sequence token."""
         import torch
 
-        ids = torch.tensor([self.prompt_ids(query, response, category)], device=self.device)
+        ids = torch.tensor([prompt], device=self.device)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids,
@@ -210,7 +233,8 @@ class LMDetoxifier:
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        new = out[0, ids.shape[1] :].tolist()
+        return new[:-1] if new and new[-1] == self.model.generation_config.eos_token_id else new
 
 
 class OpenAIDetoxifier:

@@ -62,20 +62,29 @@ def _convert_gguf(bundle: BundledModel, gguf_dir: Path, target: Path) -> None:
     tmp.rename(target)
 
 
+def bundled_gguf(name: str) -> Path | None:
+    """The GGUF file a bundled alias ships (what llama.cpp runs), or None when none is installed."""
+    bundle = ALIASES.get(name)
+    if bundle is None or bundle.gguf_file is None:
+        return None
+    package_dir = _package_dir(bundle.package)
+    path = package_dir / bundle.subpath / bundle.gguf_file if package_dir is not None else None
+    return path if path is not None and path.is_file() else None
+
+
 def _bundled_path(name: str, bundle: BundledModel) -> Path | None:
     """Local folder of a bundled model, converting GGUF to a cached safetensors copy on first use."""
-    package_dir = _package_dir(bundle.package)
-    if package_dir is None:
-        return None
-    source = package_dir / bundle.subpath
     if bundle.gguf_file is None:
-        return source if (source / "config.json").is_file() else None
-    if not (source / bundle.gguf_file).is_file():
+        package_dir = _package_dir(bundle.package)
+        source = package_dir / bundle.subpath if package_dir is not None else None
+        return source if source is not None and (source / "config.json").is_file() else None
+    gguf = bundled_gguf(name)
+    if gguf is None:
         return None
     target = cache_dir() / "models" / name
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(bundle, source, target)
+        _convert_gguf(bundle, gguf.parent, target)
     return target
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from .config import ProtectorSettings
 from .detector import Detection, HarmDetector
+from .detox_llamacpp import LlamaCppDetoxifier, llamacpp_available
 from .detoxifier import Detoxifier, LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
 from .errors import InputError, ProtectorError
 from .mllm import MLLM
@@ -316,17 +317,26 @@ class Protector:
 
 def build_detoxifier(spec: str, model: str = "smollm2-135m-instruct", refusal: str | None = None,
                      timeout: float = 60.0) -> Detoxifier | None:
-    """A detoxifier from its name: `lm` (local LM + shipped adapter), `refusal`, an OpenAI-compatible base URL,
-    or `none` (no detoxifier: a flagged answer ends in the fixed refusal)."""
+    """A detoxifier from its name: `lm` (local LM + shipped adapter: llama.cpp when it can run the model, else
+    transformers), `llamacpp` or `transformers` (that local runtime, forced), `refusal`, an OpenAI-compatible base
+    URL, or `none` (no detoxifier: a flagged answer ends in the fixed refusal)."""
     if spec == "none":
         return None
-    if spec == "lm":
+    if spec == "lm" and llamacpp_available(model):
+        try:
+            return LlamaCppDetoxifier(model)
+        except ProtectorError as exc:
+            logger.warning("llama.cpp detoxifier unavailable (%s); using transformers", exc)
+    if spec in ("lm", "transformers"):
         return LMDetoxifier(model)
+    if spec == "llamacpp":
+        return LlamaCppDetoxifier(model)
     if spec == "refusal":
         return RefusalDetoxifier(refusal) if refusal is not None else RefusalDetoxifier()
     if spec.startswith(("http://", "https://")):
         return OpenAIDetoxifier(spec, model, timeout=timeout)
-    raise InputError(f"unknown --detoxifier / guard.detoxifier '{spec}': use lm, refusal, none or an http(s) base URL")
+    raise InputError(f"unknown --detoxifier / guard.detoxifier '{spec}': use lm, llamacpp, transformers, refusal, none "
+                     "or an http(s) base URL")
 
 
 def build_protector(detector: str = "default", detoxifier: str = "lm", detox_model: str = "smollm2-135m-instruct",

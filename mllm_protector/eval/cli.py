@@ -20,7 +20,7 @@ err = Console(stderr=True)
 logger = logging.getLogger(__name__)
 
 DATA_HELP = "Data folder (default ../shared/data or MLLM_PROTECTOR_DATA)."
-DETOX_HELP = "none (fixed refusal, action 'refused'), refusal (RefusalDetoxifier), lm (local SmolLM2 + adapter), or an OpenAI-compatible base URL."
+DETOX_HELP = "none (fixed refusal, action 'refused'), refusal (RefusalDetoxifier), lm (local SmolLM2 + adapter; llamacpp or transformers force its runtime), or an OpenAI-compatible base URL."
 
 
 def _fail(message: str) -> None:

@@ -14,7 +14,7 @@ import typer
 HOST = typer.Option(None, "--host", help="Bind address (default 127.0.0.1). Non-loopback requires API keys.")
 PORT = typer.Option(None, "--port", "-p", help="Port (default 8000).")
 DETECTOR = typer.Option(None, help="Saved detector folder or preset (default default).")
-DETOXIFIER = typer.Option(None, help="lm, refusal, or an OpenAI-compatible base URL (default lm).")
+DETOXIFIER = typer.Option(None, help="lm, llamacpp, transformers, refusal, or an OpenAI-compatible base URL (default lm).")
 API_KEY = typer.Option(None, "--api-key", help="Accepted client key (repeatable). Prefer $MLLM_PROTECTOR_API_KEYS: "
                                                "argv is visible to other users.")
 

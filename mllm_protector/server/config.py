@@ -80,7 +80,8 @@ class GuardConfig(_Section):
     """Detector, detoxifier and what happens when they fail."""
 
     detector: str = Field("default", description="Saved detector folder or preset name.")
-    detoxifier: str = Field("lm", description="lm (local SmolLM2 + adapter), refusal, or an OpenAI-compatible base URL.")
+    detoxifier: str = Field("lm", description="lm (local SmolLM2 + adapter: llama.cpp, else transformers), llamacpp, "
+                            "transformers, refusal, or an OpenAI-compatible base URL.")
     detox_model: str = Field("smollm2-135m-instruct", description="Model for `lm`, or the model name at the detoxifier URL.")
     threshold: Optional[float] = Field(None, ge=0, le=1, description="None: the detector's calibrated threshold.")
     max_rounds: int = Field(2, ge=0, description="Detoxify -> re-detect rounds before the fixed refusal.")
