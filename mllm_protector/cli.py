@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .batch import JOBS, GuardSpec
 from .errors import ProtectorError
 from .eval.cli import app as eval_app
 from .jsonl import Line, iter_lines, open_input, open_output
@@ -35,6 +36,13 @@ err = Console(stderr=True)
 
 INPUT_HELP = "Input JSONL (`-` for stdin)."
 OUTPUT_HELP = "Output JSONL (`-` for stdout); an existing file is resumed unless --no-resume."
+RAY = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray Data: `local` (a Ray runtime on this machine), `auto` "
+                   "(the cluster this machine joined with `ray start`) or `ray://HOST:10001`. --input is then a file or folder of "
+                   "JSONL or Parquet (`.parquet`), --output a new folder of shards (Parquet if it ends in `.parquet`, else JSONL); "
+                   "--no-resume replaces an existing one.")
+WORKERS = typer.Option(None, min=1, help="With --ray: actors, each holding its own models (default: as many as the cluster's CPUs, or GPUs, hold).")
+CPUS = typer.Option(1.0, min=0.0, help="With --ray: CPUs per actor (also its torch threads).")
+GPUS = typer.Option(0.0, min=0.0, help="With --ray: GPUs per actor (fractions share a GPU).")
 
 
 @app.callback()
@@ -96,18 +104,6 @@ def _run_jsonl(input_path: str, output_path: str, resume: bool, required: tuple[
         fail(str(exc))
 
 
-def _check_image(line: Line) -> None:
-    """An `image` field must name a readable image file; the error names the input line."""
-    from .errors import InputError
-    from .mllm import load_image
-
-    if line.record.get("image"):
-        try:
-            load_image(line.record["image"]).close()
-        except ProtectorError as exc:
-            raise InputError(f"line {line.number}: {exc}") from exc
-
-
 @app.command()
 def protect(
     input: str = typer.Option(..., "--input", "-i", help=INPUT_HELP),
@@ -120,6 +116,10 @@ def protect(
     allow_category: list[str] = typer.Option([], "--allow-category", help="Harm category to let through (repeatable), e.g. professional_advice."),
     batch_size: int = typer.Option(16, min=1),
     resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
+    ray: Optional[str] = RAY,
+    workers: Optional[int] = WORKERS,
+    cpus_per_worker: float = CPUS,
+    gpus_per_worker: float = GPUS,
 ) -> None:
     """Check each line's `response` (with `query`, optional `image`) and write back the Verdict fields."""
     from .categories import CATEGORIES
@@ -127,21 +127,11 @@ def protect(
     unknown = [c for c in allow_category if c not in CATEGORIES]
     if unknown:
         fail(f"unknown --allow-category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
-    try:
-        guard = _build_protector(detector, detoxifier, detox_model, max_rounds, threshold, tuple(allow_category))
-    except ProtectorError as exc:
-        fail(str(exc))
-
-    def process(chunk: list[Line]) -> list[dict[str, Any]]:
-        records = [line.record for line in chunk]
-        verdicts = guard.protect_batch([r.get("query") for r in records], [r["response"] for r in records],
-                                       [r.get("category") for r in records])
-        return [{**r, "text": v.text, "action": v.action, "score": v.score, "harmful": v.harmful, "rounds": v.rounds,
-                 **({"category": v.category} if v.category is not None else {}),
-                 **({"error": v.error} if v.error else {})}
-                for r, v in zip(records, verdicts, strict=True)]
-
-    _run_jsonl(input, output, resume, ("response",), batch_size, _check_image, process, "protecting")
+    spec = _guard_spec(detector, detoxifier, detox_model, max_rounds, threshold, tuple(allow_category))
+    if ray is not None:
+        _run_on_ray("protect", spec, input, output, resume, ray, workers, cpus_per_worker, gpus_per_worker, batch_size)
+        return
+    _run_job("protect", spec, input, output, resume, batch_size, "protecting")
 
 
 @app.command()
@@ -151,32 +141,52 @@ def score(
     detector: str = typer.Option("default", help="Saved detector folder or the shipped preset `default`."),
     batch_size: int = typer.Option(32, min=1),
     resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
+    ray: Optional[str] = RAY,
+    workers: Optional[int] = WORKERS,
+    cpus_per_worker: float = CPUS,
+    gpus_per_worker: float = GPUS,
 ) -> None:
     """Write each line back with `score` = P(harmful), `harmful` (the Protector's decision at the detector's
     saved threshold) and the harm `category` of flagged answers; no detoxification."""
-    try:
-        guard = _build_protector(detector, "none", "", max_rounds=0, threshold=None)
-    except ProtectorError as exc:
-        fail(str(exc))
-
-    def process(chunk: list[Line]) -> list[dict[str, Any]]:
-        records = [line.record for line in chunk]
-        verdicts = guard.check_batch([r.get("query") for r in records], [r["response"] for r in records])
-        return [{**r, "score": v.score, "harmful": v.harmful,
-                 **({"category": v.category} if v.category is not None else {}),
-                 **({"error": v.error} if v.error else {})} for r, v in zip(records, verdicts, strict=True)]
-
-    _run_jsonl(input, output, resume, ("response",), batch_size, lambda line: None, process, "scoring")
+    spec = _guard_spec(detector, "none", "", max_rounds=0, threshold=None)
+    if ray is not None:
+        _run_on_ray("score", spec, input, output, resume, ray, workers, cpus_per_worker, gpus_per_worker, batch_size)
+        return
+    _run_job("score", spec, input, output, resume, batch_size, "scoring")
 
 
-def _build_protector(detector: str, detoxifier: str, detox_model: str, max_rounds: int, threshold: Optional[float],
-                     allow_categories: tuple[str, ...] = ()):
-    """Protector from CLI options (imports here keep `--help` fast)."""
+def _guard_spec(detector: str, detoxifier: str, detox_model: str, max_rounds: int, threshold: Optional[float],
+                allow_categories: tuple[str, ...] = ()) -> GuardSpec:
+    """What the Protector is built from, given the CLI options (models load later, in this process or in Ray actors)."""
     from .config import ProtectorSettings
-    from .protector import build_protector
 
     settings = ProtectorSettings(max_rounds=max_rounds, threshold=threshold, allow_categories=allow_categories)
-    return build_protector(detector, detoxifier, detox_model, settings)
+    return GuardSpec(detector, detoxifier, detox_model, settings)
+
+
+def _run_job(name: str, spec: GuardSpec, input_path: str, output_path: str, resume: bool, batch_size: int, label: str) -> None:
+    """`score` or `protect` in this process: build the Protector, then the shared JSONL loop."""
+    job = JOBS[name]
+    try:
+        guard = spec.build()
+    except ProtectorError as exc:
+        fail(str(exc))
+    _run_jsonl(input_path, output_path, resume, job.required, batch_size, lambda line: job.check(line.record, f"line {line.number}"),
+               lambda chunk: job.process(guard, [line.record for line in chunk]), label)
+
+
+def _run_on_ray(name: str, spec: GuardSpec, input_path: str, output_path: str, resume: bool, address: str,
+                workers: Optional[int], cpus: float, gpus: float, batch_size: int) -> None:
+    """`score` or `protect` on Ray Data (see `scale.py`); user errors end as one line and exit code 2."""
+    try:
+        from .scale import RayOptions, run
+    except ImportError as exc:
+        fail(f"--ray needs Ray Data ({exc}): pip install 'mllm-protector[scale]'")
+    try:
+        run(name, spec, input_path, output_path, RayOptions(address, workers, cpus, gpus, batch_size), overwrite=not resume)
+    except ProtectorError as exc:
+        fail(str(exc))
+    err.print(f"wrote {output_path}")
 
 
 @app.command()

@@ -23,20 +23,30 @@ class Line:
 
 def parse_line(text: str, number: int, required: tuple[str, ...], source: str) -> Line:
     """Parse one JSONL line into an object that has the `required` string fields."""
+    return Line(number, parse_record(text, required, f"{source}, line {number}"))
+
+
+def parse_record(text: str, required: tuple[str, ...], where: str) -> dict[str, Any]:
+    """One JSON text as a checked record; errors start with `where` (the file and line, or an excerpt)."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{source}, line {number}: not valid JSON ({exc.msg})") from exc
+        raise InputError(f"{where}: not valid JSON ({exc.msg})") from exc
+    return check_record(record, required, where)
+
+
+def check_record(record: Any, required: tuple[str, ...], where: str) -> dict[str, Any]:
+    """`record` if it is an object with the `required` string fields and string-or-null optional ones."""
     if not isinstance(record, dict):
-        raise InputError(f"{source}, line {number}: expected a JSON object, got {type(record).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
     for name in required:
         if not isinstance(record.get(name), str):
-            problem = "missing" if name not in record else f"not a string ({type(record[name]).__name__})"
-            raise InputError(f"{source}, line {number}: field '{name}' is {problem}")
+            problem = "missing" if record.get(name) is None else f"not a string ({type(record[name]).__name__})"
+            raise InputError(f"{where}: field '{name}' is {problem}")
     for name in ("query", "image", "category"):
         if record.get(name) is not None and not isinstance(record[name], str):
-            raise InputError(f"{source}, line {number}: field '{name}' must be a string")
-    return Line(number, record)
+            raise InputError(f"{where}: field '{name}' must be a string")
+    return record
 
 
 def iter_lines(stream: TextIO, required: tuple[str, ...], source: str, skip: int = 0) -> Iterator[Line]:
