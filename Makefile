@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-server install-browser screenshots test test-fast lint bench eval results
+.PHONY: install install-server install-browser install-deploy screenshots test test-fast lint bench eval results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ install-browser: $(BIN)/python
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	$(BIN)/pip install -q "playwright>=1.40"
 
+# nginx balances two proxy replicas in tests/test_replicas.py with deploy/nginx-two-replicas.conf (Debian's package,
+# apt only when it is missing, as root).
+install-deploy:
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx)
+
 # Regenerate the README's playground screenshots (docs/img) with the browser test.
 screenshots:
 	PLAYGROUND_SCREENSHOTS=docs/img HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_playground_browser.py
@@ -37,7 +42,7 @@ test-fast:
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # Ruff and mypy (settings in pyproject.toml) on the whole package, and the guard's tests.
-LINT_PATHS := mllm_protector tests/servers.py tests/stream_fixtures.py tests/test_protector.py tests/test_scale.py \
+LINT_PATHS := mllm_protector tests/servers.py tests/stream_fixtures.py tests/test_protector.py tests/test_scale.py tests/test_replicas.py \
 	tests/test_server_hardening.py tests/test_stream_leaks.py benchmarks/stream_calibration.py benchmarks/stream_check.py \
 	tests/test_guard_windows.py tests/test_playground.py tests/test_playground_browser.py
 lint:
