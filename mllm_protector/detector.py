@@ -7,6 +7,9 @@ which generalises better to sources it never saw. Unlike the original (whose sig
 `sigmoid(logit)` here is P(harmful). Text is normalised first (`normalize.py`: obfuscations undone);
 long responses are scored over overlapping token windows, combined by the max (optionally discounted
 by the number of windows), so harm late in an answer is not truncated away.
+
+Classifiers run on ONNX Runtime by default (`onnx_backend.py`: exported once, no torch at inference);
+probes, GPUs and training use torch.
 """
 
 from __future__ import annotations
@@ -15,17 +18,17 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from .config import PRETRAINED_DIR
+from .config import ENV_BACKEND, PRETRAINED_DIR
 from .errors import ModelNotFoundError, ProtectorError
 from .models import load_model, load_tokenizer
 from .normalize import normalize_segments, normalize_text
+from .onnx_backend import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ class DetectorConfig:
     label_convention: str = "sigmoid(logit) = P(harmful); 1 = harmful, 0 = harmless"
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: The fastest backend measured within tolerance of torch fp32 for the export with this `fingerprint`
+    #: (written by `benchmarks/detector_backends.py --record`); `backend="auto"` follows it.
+    inference: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
@@ -201,12 +207,22 @@ def encode_windows(
     return {"input_ids": windows, "sample": sample, "parts": parts, "spans": spans if tokenizer.is_fast else []}
 
 
-def padded_batches(tokenizer: Any, windows: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], Any]]:
-    """(window indices, padded batch) over `windows` sorted by length, so batches carry little padding."""
+def length_sorted(windows: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `windows` in batches of similar length, so padded batches carry little padding."""
     order = sorted(range(len(windows)), key=lambda j: len(windows[j]))
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+        yield order[start : start + batch_size]
+
+
+def padded_batches(tokenizer: Any, windows: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], Any]]:
+    """(window indices, padded torch batch) over `windows` in length-sorted batches."""
+    for idx in length_sorted(windows, batch_size):
         yield idx, tokenizer.pad({"input_ids": [windows[j] for j in idx]}, return_tensors="pt")
+
+
+def _graph_settings(config: DetectorConfig) -> dict[str, Any]:
+    """The config fields that shape a detector's networks (what an ONNX export depends on besides weights)."""
+    return {k: getattr(config, k) for k in ("backbone", "kind", "lora", "layers", "categories", "category_weights")}
 
 
 @dataclass
@@ -223,16 +239,28 @@ class Detection:
 
 
 class HarmDetector:
-    """Scores responses with P(harmful) in [0, 1]; `is_harmful` applies the calibrated threshold."""
+    """Scores responses with P(harmful) in [0, 1]; `is_harmful` applies the calibrated threshold.
+
+    `model` and `category_model` are torch modules, or ONNX Runtime networks (`onnx_backend.OnnxNetwork`,
+    inference only) when `backend` names an ONNX backend; `source` is the folder a detector was loaded from.
+    """
 
     def __init__(self, model: Any, tokenizer: Any, config: DetectorConfig, device: str | None = None,
-                 category_model: Any = None):
+                 category_model: Any = None, backend: Backend = "torch"):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device).eval()
-        self.category_model = category_model.to(self.device).eval() if category_model is not None else None
+        self.category_model = category_model
+        self.backend = backend
+        self.source: Path | None = None
+        self.device: Any = "cpu"
+        if backend == "torch":
+            import torch
+
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.model.to(self.device).eval()
+            if category_model is not None:
+                category_model.to(self.device).eval()
 
     @property
     def threshold(self) -> float:
@@ -240,9 +268,16 @@ class HarmDetector:
         return self.config.threshold
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", device: str | None = None) -> HarmDetector:
-        """Load a saved detector folder, or a shipped preset name (`default`)."""
-        from transformers import AutoModelForSequenceClassification
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", device: str | None = None,
+                        backend: Backend | None = None) -> HarmDetector:
+        """Load a saved detector folder, or a shipped preset name (`default`), on a backend.
+
+        `backend`: "torch", "onnx" (ONNX Runtime fp32), "onnx-int8" (int8 weights), or "auto" (default, or
+        `MLLM_PROTECTOR_BACKEND`): the backend recorded in the config as the fastest within 0.005 AUROC of
+        torch fp32 for these weights, else "onnx" (the export reproduces torch's scores); torch for probe
+        detectors (ONNX covers classifiers only), on a GPU, or when onnxruntime is not installed.
+        """
+        from .onnx_backend import choose_backend
 
         path = Path(PRETRAINED_DIR / PRESETS[str(name_or_path)]) if str(name_or_path) in PRESETS else Path(name_or_path)
         config_file = path / CONFIG_NAME
@@ -252,6 +287,69 @@ class HarmDetector:
                 f"(shipped presets: {', '.join(PRESETS)}; or train one with `mllm-protector train detector`)"
             )
         config = DetectorConfig.read(path)
+        requested = backend or os.environ.get(ENV_BACKEND, "auto")
+        chosen = choose_backend(requested, config.kind, config.inference, lambda: cls.fingerprint(path, config), device)
+        detector = None
+        if chosen != "torch":
+            try:
+                detector = cls._load_onnx(path, config, chosen)
+            except ProtectorError as exc:
+                if requested != "auto":
+                    raise
+                logger.warning("ONNX Runtime path unavailable, using torch: %s", exc)
+        detector = detector or cls._load_torch(path, config, device)
+        detector.source = path
+        return detector
+
+    @staticmethod
+    def fingerprint(path: Path, config: DetectorConfig) -> str:
+        """Fingerprint of the ONNX export of the detector in `path` (weights, graph settings, backbone)."""
+        from .models import resolve_model
+        from .onnx_backend import fingerprint
+
+        backbone = Path(resolve_model(config.backbone))
+        return fingerprint(path, _graph_settings(config), backbone if backbone.is_dir() else None)
+
+    @classmethod
+    def _load_onnx(cls, path: Path, config: DetectorConfig, backend: Backend) -> HarmDetector:
+        """The detector on ONNX Runtime from its cached export, exported first when missing, stale or unreadable."""
+        from .onnx_backend import find_export, load_export
+
+        key = cls.fingerprint(path, config)
+        folder = find_export(path, key)
+        if folder is not None:
+            try:
+                network, category_network, tokenizer = load_export(folder, backend)
+            except ProtectorError as exc:
+                logger.warning("rebuilding the ONNX export in %s: %s", folder, exc)
+            else:
+                return cls(network, tokenizer, config, category_model=category_network, backend=backend)
+        network, category_network, tokenizer = load_export(cls._export(path, config, key), backend)
+        return cls(network, tokenizer, config, category_model=category_network, backend=backend)
+
+    @classmethod
+    def _export(cls, path: Path, config: DetectorConfig, key: str) -> Path:
+        """Export the torch detector in `path` to ONNX (once, tens of seconds) and return the export folder."""
+        try:
+            from .onnx_export import CHECK_TEXTS, export_detector
+        except ImportError as exc:
+            raise ProtectorError(f"the ONNX backend needs onnxruntime and onnx: pip install 'mllm-protector[onnx]' ({exc})") from exc
+        from .onnx_backend import EXPORT_FORMAT, export_target, publish, staged
+
+        target = export_target(path, key)
+        logger.warning("exporting detector %s to ONNX in %s (one time)", path, target)
+        source = cls._load_torch(path, config, "cpu")
+        with staged(target) as staging:
+            meta = export_detector(staging, source.model, source.category_model, source.tokenizer,
+                                   source.encode(CHECK_TEXTS)["input_ids"])
+            publish(staging, target, {"format": EXPORT_FORMAT, "fingerprint": key, **meta})
+        return target
+
+    @classmethod
+    def _load_torch(cls, path: Path, config: DetectorConfig, device: str | None) -> HarmDetector:
+        """The detector on torch: backbone + LoRA merged, full model, or probe; with its category probe."""
+        from transformers import AutoModelForSequenceClassification
+
         tokenizer = load_tokenizer(config.backbone)
         if config.kind == "probe":
             from .probe import build_probe
@@ -272,8 +370,19 @@ class HarmDetector:
         return cls(model, tokenizer, config, device, category_model)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
-        """Write weights (LoRA adapter + head, or full model) and the JSON config into `path`."""
+        """Write weights (LoRA adapter + head, or full model) and the JSON config into `path`.
+
+        An ONNX-backed detector holds no torch weights: it copies the folder it was loaded from (its ONNX
+        export included, still valid for the copy) and writes its current config.
+        """
         path = Path(path)
+        if self.backend != "torch":
+            if self.source is None:
+                raise ProtectorError("this ONNX-backed detector was not loaded from a folder: save it from backend='torch'")
+            if path.resolve() != self.source.resolve():
+                shutil.copytree(self.source, path, dirs_exist_ok=True)
+            self.save_config(path)
+            return
         path.mkdir(parents=True, exist_ok=True)
         # The vocabulary is never resized, so embeddings stay out of an adapter (and peft need not look them up).
         # Keyed on the model itself: a LoRA detector loaded for inference is merged, a plain transformers model.
@@ -294,7 +403,6 @@ class HarmDetector:
         """Token windows for scoring; `sample` maps each window back to its response index."""
         return encode_windows(self.tokenizer, self.config, responses, queries)
 
-    @torch.inference_mode()
     def detect(self, responses: Sequence[str], queries: Sequence[str | None] | None = None, batch_size: int = 32,
                categorize: bool = True, threshold: float | None = None) -> list[Detection]:
         """Score every window of every response in length-sorted batches; one `Detection` per response.
@@ -307,12 +415,10 @@ class HarmDetector:
         windows, sample = encoded["input_ids"], encoded["sample"]
         window_logits = [0.0] * len(windows)
         window_categories: list[int | None] = [None] * len(windows)
-        for idx, batch in padded_batches(self.tokenizer, windows, batch_size):
-            out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
-            values = out.logits.squeeze(-1).float().cpu().tolist()
-            categories = getattr(out, "category_logits", None)
-            best = categories.argmax(-1).cpu().tolist() if categories is not None else [None] * len(idx)
-            for j, value, cat in zip(idx, values, best, strict=True):
+        for idx in length_sorted(windows, batch_size):
+            values, best = self._forward(self.model, [windows[j] for j in idx])
+            cats: list[int | None] = list(best) if best is not None else [None] * len(idx)
+            for j, value, cat in zip(idx, values, cats, strict=True):
                 window_logits[j], window_categories[j] = value, cat
         per_response: list[list[int]] = [[] for _ in responses]
         for j, i in enumerate(sample):
@@ -332,11 +438,24 @@ class HarmDetector:
     def _categories(self, windows: list[list[int]], batch_size: int) -> list[str]:
         """Category names of token windows from the classifier's category probe."""
         names: list[str] = [""] * len(windows)
-        for idx, batch in padded_batches(self.tokenizer, windows, batch_size):
-            out = self.category_model(**{k: v.to(self.device) for k, v in batch.items()})  # type: ignore[misc]
-            for j, c in zip(idx, out.category_logits.argmax(-1).cpu().tolist(), strict=True):
+        for idx in length_sorted(windows, batch_size):
+            _, best = self._forward(self.category_model, [windows[j] for j in idx])
+            for j, c in zip(idx, best or [], strict=True):
                 names[j] = self.config.categories[c]
         return names
+
+    def _forward(self, model: Any, windows: list[list[int]]) -> tuple[list[float], list[int] | None]:
+        """Harm logits of a batch of token windows and, from a network with a category head, their categories."""
+        if self.backend != "torch":
+            return model(windows)
+        import torch
+
+        batch = self.tokenizer.pad({"input_ids": windows}, return_tensors="pt")
+        with torch.inference_mode():
+            out = model(**{k: v.to(self.device) for k, v in batch.items()})
+        categories = getattr(out, "category_logits", None)
+        return (out.logits.squeeze(-1).float().cpu().tolist(),
+                categories.argmax(-1).cpu().tolist() if categories is not None else None)
 
     def _combine(self, logits: list[float], categories: list[int | None]) -> Detection:
         """One verdict from a response's window logits; the category is that of its most harmful window."""

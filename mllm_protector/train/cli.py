@@ -214,7 +214,7 @@ def calibrate_command(
     from ..detector import HarmDetector
     from ..train.detector import calibrate, split_corpus
 
-    model = HarmDetector.from_pretrained(detector_dir)
+    model = HarmDetector.from_pretrained(detector_dir, backend="torch")  # the threshold holds for every backend: torch fp32 sets it
     saved = model.config.training.get("arguments", {})
     corpus = _labelled_corpus(data_dir_, sources, jsonl)
     _, _, val = split_corpus(corpus, saved.get("val_fraction", 0.15), saved.get("seed", 0))
