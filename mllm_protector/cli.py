@@ -114,6 +114,9 @@ def protect(
     max_rounds: int = typer.Option(2, min=0, help="Detoxify → re-detect rounds before the fixed refusal."),
     threshold: Optional[float] = typer.Option(None, help="Override the detector's calibrated threshold."),
     allow_category: list[str] = typer.Option([], "--allow-category", help="Harm category to let through (repeatable), e.g. professional_advice."),
+    input_guard: str = typer.Option("off", "--input-guard", help="Check each request (`query` + `image`) first: off; flag (the "
+                                    "request with the image's text is the query for the guard and the detoxifier); block (a "
+                                    "harmful request's answer is never shown: action blocked_input)."),
     batch_size: int = typer.Option(16, min=1),
     resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
     ray: Optional[str] = RAY,
@@ -123,11 +126,16 @@ def protect(
 ) -> None:
     """Check each line's `response` (with `query`, optional `image`) and write back the Verdict fields."""
     from .categories import CATEGORIES
+    from .input_guard import POLICIES
 
     unknown = [c for c in allow_category if c not in CATEGORIES]
     if unknown:
         fail(f"unknown --allow-category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
-    spec = _guard_spec(detector, detoxifier, detox_model, max_rounds, threshold, tuple(allow_category))
+    if input_guard not in POLICIES:
+        fail(f"unknown --input-guard {input_guard!r}: choose from {', '.join(POLICIES)}")
+    if input_guard != "off" and ray is not None:
+        fail("--input-guard runs in this process only: leave out --ray")
+    spec = _guard_spec(detector, detoxifier, detox_model, max_rounds, threshold, tuple(allow_category), input_guard)
     if ray is not None:
         _run_on_ray("protect", spec, input, output, resume, ray, workers, cpus_per_worker, gpus_per_worker, batch_size)
         return
@@ -156,11 +164,12 @@ def score(
 
 
 def _guard_spec(detector: str, detoxifier: str, detox_model: str, max_rounds: int, threshold: Optional[float],
-                allow_categories: tuple[str, ...] = ()) -> GuardSpec:
+                allow_categories: tuple[str, ...] = (), input_policy: str = "off") -> GuardSpec:
     """What the Protector is built from, given the CLI options (models load later, in this process or in Ray actors)."""
     from .config import ProtectorSettings
 
-    settings = ProtectorSettings(max_rounds=max_rounds, threshold=threshold, allow_categories=allow_categories)
+    settings = ProtectorSettings(max_rounds=max_rounds, threshold=threshold, allow_categories=allow_categories,
+                                 input_policy=input_policy)
     return GuardSpec(detector, detoxifier, detox_model, settings)
 
 
@@ -187,6 +196,41 @@ def _run_on_ray(name: str, spec: GuardSpec, input_path: str, output_path: str, r
     except ProtectorError as exc:
         fail(str(exc))
     err.print(f"wrote {output_path}")
+
+
+@app.command("check-input")
+def check_input(
+    input: str = typer.Option(..., "--input", "-i", help=INPUT_HELP),
+    output: str = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+    model: str = typer.Option("default", "--model", help="Request classifier folder or the shipped preset `default`."),
+    threshold: Optional[float] = typer.Option(None, help="Override the request classifier's threshold."),
+    batch_size: int = typer.Option(16, min=1),
+    resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
+) -> None:
+    """Check each line's request (`query`, optional `image` path) before any MLLM answers: writes `input_score`,
+    `input_harmful` (the Protector's decision), `input_category` and `ocr_text` (the text read from the image)."""
+    from .config import ProtectorSettings
+    from .protector import build_protector
+
+    try:
+        guard = build_protector("default", "none", settings=ProtectorSettings(input_threshold=threshold), input_guard=model)
+    except ProtectorError as exc:
+        fail(str(exc))
+    _run_jsonl(input, output, resume, ("query",), batch_size, _check_request_image,
+               lambda chunk: [{**line.record, **guard.check_input(line.record["query"], line.record.get("image")).record_fields()}
+                              for line in chunk], "checking")
+
+
+def _check_request_image(line: Line) -> None:
+    """An `image` field must name an image file within the input guard's size limits; the error names the line."""
+    from .errors import InputError
+    from .ocr import open_image
+
+    if line.record.get("image"):
+        try:
+            open_image(line.record["image"]).close()
+        except ProtectorError as exc:
+            raise InputError(f"line {line.number}: {exc}") from exc
 
 
 @app.command()

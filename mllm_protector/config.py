@@ -56,3 +56,5 @@ class ProtectorSettings:
     context_threshold: float | None = None  # a stream window after the answer so far; None: calibrated default
     context_chars: int = 500  # how much of the answer so far a stream window is judged after
     allow_categories: tuple[str, ...] = ()  # harm categories this deployment lets through (e.g. professional_advice)
+    input_policy: str = "off"  # input guard: off | flag (answer, checked with the image's text as query) | block
+    input_threshold: float | None = None  # request classifier threshold; None: the one saved with the classifier

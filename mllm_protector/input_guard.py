@@ -1,9 +1,9 @@
 """Input guard: read the text in a request's image and score the request before the MLLM answers.
 
 Typographic jailbreaks put the harmful request in the image and ask an innocent question about it; the
-output guard sees only the answer. Here the user's text and the OCR text (marked as from the image,
-`compose_request`) are scored by a request classifier (a probe detector trained on requests,
-`mllm-protector train input-guard`). This module reads and scores; the Protector decides (threshold,
+output guard sees only the answer. Here a request classifier (a probe detector trained on requests,
+`mllm-protector train input-guard`) scores the user's text, the OCR text, and both together (marked,
+`compose_request`); the request's score is the highest, since either part may carry the request. This module reads and scores; the Protector decides (threshold,
 failure policy) and applies the policy: `off`, `flag` or `block`.
 """
 
@@ -33,6 +33,8 @@ class InputReading:
     image_text: str
     detection: Detection
     timings: dict[str, float] = field(default_factory=dict)
+    #: P(harmful) of each part scored: `text` (the user's), `image` (the OCR text), `combined`.
+    part_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,10 +48,17 @@ class InputVerdict:
     image_text: str
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    part_scores: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
         return asdict(self)
+
+    def record_fields(self) -> dict[str, Any]:
+        """The fields the CLI writes into each JSONL line: input_score, input_harmful, input_category, ocr_text
+        (and input_error when the check failed)."""
+        return {"input_score": self.score, "input_harmful": self.harmful, "input_category": self.category,
+                "ocr_text": self.image_text, **({"input_error": self.error} if self.error else {})}
 
 
 def compose_request(query: str | None, image_text: str | None) -> str:
@@ -99,7 +108,11 @@ class InputGuard:
         """Score a request whose image text is already known (the evaluation reuses OCR results)."""
         timings = dict(timings or {})
         text = compose_request(query, image_text)
+        parts = {"combined": text}
+        if image_text.strip():
+            parts.update({name: part.strip() for name, part in (("text", query or ""), ("image", image_text)) if part.strip()})
         t0 = time.perf_counter()
-        detection = self.classifier.detect([text], threshold=0.0)[0]  # a category for every request; the Protector decides
+        found = self.classifier.detect(list(parts.values()), threshold=0.0)  # a category for every part; the Protector decides
         timings["classify_ms"] = (time.perf_counter() - t0) * 1000
-        return InputReading(text, image_text, detection, timings)
+        scores = {name: d.score for name, d in zip(parts, found, strict=True)}
+        return InputReading(text, image_text, max(found, key=lambda d: d.score), timings, scores)

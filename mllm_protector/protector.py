@@ -20,13 +20,14 @@ from .detector import Detection, HarmDetector
 from .detox_llamacpp import LlamaCppDetoxifier, llamacpp_available
 from .detoxifier import Detoxifier, LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
 from .errors import InputError, ProtectorError
+from .input_guard import POLICIES, InputGuard, InputReading, InputVerdict, compose_request
 from .mllm import MLLM
 
 logger = logging.getLogger(__name__)
 
-Action = Literal["pass", "detoxified", "refused", "flagged", "unchecked"]
+Action = Literal["pass", "detoxified", "refused", "flagged", "unchecked", "blocked_input"]
 #: How bad an outcome is, to summarise several (choices, stream windows) by the worst.
-SEVERITY: dict[str, int] = {"pass": 0, "unchecked": 1, "detoxified": 2, "flagged": 3, "refused": 4}
+SEVERITY: dict[str, int] = {"pass": 0, "unchecked": 1, "detoxified": 2, "flagged": 3, "refused": 4, "blocked_input": 5}
 #: Actions whose `text` is the checked answer itself (the user sees what the model said).
 RELEASED = ("pass", "unchecked")
 #: Between the part of a streamed answer a client already has and a replacement continuation.
@@ -65,6 +66,8 @@ class Verdict:
     category: str | None = None
     #: The detector's reading of `original` (window scores and their spans), when it was scored whole.
     detection: Detection | None = None
+    #: The input guard's decision on the request (policy `flag` or `block`).
+    input: InputVerdict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the CLI writes these fields back into each JSONL line)."""
@@ -91,12 +94,20 @@ class Protector:
         detector: HarmDetector,
         detoxifier: Detoxifier | None = None,
         settings: ProtectorSettings = ProtectorSettings(),
+        input_guard: InputGuard | None = None,
     ):
         if settings.fail_mode not in ("closed", "open"):
             raise InputError(f"fail_mode must be 'closed' or 'open', got {settings.fail_mode!r}")
+        if settings.input_policy not in POLICIES:
+            raise InputError(f"input_policy must be one of {', '.join(POLICIES)}, got {settings.input_policy!r}")
+        if settings.input_policy != "off" and input_guard is None:
+            raise ProtectorError(f"input_policy {settings.input_policy!r} needs an input guard: pass InputGuard.from_pretrained()")
         self.detector = detector
         self.detoxifier = detoxifier
         self.settings = settings
+        self.input_guard = input_guard
+        self.input_threshold = (settings.input_threshold if settings.input_threshold is not None
+                                else input_guard.threshold if input_guard is not None else None)
         self.threshold = settings.threshold if settings.threshold is not None else detector.threshold
         self.window_threshold = settings.window_threshold if settings.window_threshold is not None else WINDOW_THRESHOLD
         # Partial answers in context score differently from whole ones, so their calibrated threshold stands on
@@ -118,7 +129,7 @@ class Protector:
 
     def with_settings(self, **changes: Any) -> Protector:
         """A copy with some settings changed; the models are shared."""
-        return type(self)(self.detector, self.detoxifier, replace(self.settings, **changes))
+        return type(self)(self.detector, self.detoxifier, replace(self.settings, **changes), self.input_guard)
 
     @property
     def refusal(self) -> str:
@@ -285,6 +296,59 @@ class Protector:
             raise ProtectorError(f"got {len(queries)} queries but {len(responses)} responses")
         return self.detoxify_batch(queries, self.check_batch(queries, responses), categories)
 
+    # --- requests (input guard) ----------------------------------------------------------------------
+    def check_input(self, query: str | None, image: Any = None) -> InputVerdict:
+        """Read the request (user text + the text in its image) and decide: harmful at `input_threshold`.
+        An unreadable or oversized image raises InputError; a classifier failure follows the failure policy
+        (closed: the request counts as harmful)."""
+        if self.input_guard is None:
+            raise ProtectorError("this Protector has no input guard: pass input_guard=InputGuard.from_pretrained()")
+        try:
+            reading = self.input_guard.read(clean_text(query) if query else query, image)
+        except ProtectorError:
+            raise
+        except Exception as exc:  # a classifier or OCR failure is this request's, decided by the failure policy
+            logger.warning("input guard failed: %s: %s", type(exc).__name__, str(exc)[:200])
+            return InputVerdict(None, self.settings.fail_mode == "closed", None, compose_request(query, ""), "",
+                                error=f"input guard failed: {type(exc).__name__}")
+        return self.decide_input(reading)
+
+    def decide_input(self, reading: InputReading) -> InputVerdict:
+        """Threshold one scored request: harmful at `input_threshold` (its category kept only then)."""
+        if self.input_threshold is None:
+            raise ProtectorError("this Protector has no input guard: pass input_guard=InputGuard.from_pretrained()")
+        harmful = reading.detection.score >= self.input_threshold
+        return InputVerdict(reading.detection.score, harmful, reading.detection.category if harmful else None,
+                            reading.text, reading.image_text, reading.timings, part_scores=reading.part_scores)
+
+    def block_input(self, request: InputVerdict, detoxify: bool = True) -> Verdict:
+        """The answer to a blocked request, without the MLLM: the detoxifier's answer to the request when the
+        detector passes it, else (or with detoxify=False) the refusal; action `blocked_input`."""
+        verdict = Verdict(text=self.refusal, original="", harmful=True, score=None, action="blocked_input",
+                          category=request.category, input=request)
+        if detoxify and self.detoxifier is not None:
+            candidate = self._rewrite(request.text, "", request.category, verdict)
+            verdict.rounds = 1
+            if candidate and self._recheck([request.text], {0: clean_text(candidate)}, [""], [verdict])[0]:
+                verdict.text = clean_text(candidate)
+        return verdict
+
+    def protect_requests(self, requests: Sequence[InputVerdict | None], queries: Sequence[str | None], responses: Sequence[str],
+                         categories: Sequence[str | None] | None = None) -> list[Verdict]:
+        """`protect_batch` under the input policy: with `block`, the answer to a harmful request is never shown
+        (`block_input`); otherwise each answer is checked with the scored request (user text + image text) as its query."""
+        categories = categories or [None] * len(responses)
+        block = self.settings.input_policy == "block"
+        blocked = {i: r for i, r in enumerate(requests) if r is not None and r.harmful and block}
+        rest = [i for i in range(len(responses)) if i not in blocked]
+        asked = [r.text if (r := requests[i]) is not None else queries[i] for i in rest]
+        checked = self.protect_batch(asked, [responses[i] for i in rest], [categories[i] for i in rest])
+        out = {i: self.block_input(r) for i, r in blocked.items()}
+        for i, verdict in zip(rest, checked, strict=True):
+            verdict.input = requests[i]
+            out[i] = verdict
+        return [out[i] for i in range(len(responses))]
+
     # --- streaming ----------------------------------------------------------------------------------
     def window_texts(self, approved: str, window: str) -> tuple[str, str]:
         """The two texts a stream window is judged on: the window alone, and the window after at most
@@ -340,11 +404,15 @@ def build_detoxifier(spec: str, model: str = "smollm2-135m-instruct", refusal: s
 
 
 def build_protector(detector: str = "default", detoxifier: str = "lm", detox_model: str = "smollm2-135m-instruct",
-                    settings: ProtectorSettings = ProtectorSettings(), detox_timeout: float = 60.0) -> Protector:
-    """A Protector from names (CLI options, proxy config, evaluation): detector folder or preset and a
-    detoxifier spec (see `build_detoxifier`). Loads the models."""
+                    settings: ProtectorSettings = ProtectorSettings(), detox_timeout: float = 60.0,
+                    input_guard: str | None = None) -> Protector:
+    """A Protector from names (CLI options, proxy config, evaluation): detector folder or preset, a
+    detoxifier spec (see `build_detoxifier`) and a request classifier (loaded when named or when the
+    input policy is not `off`; `default` is the shipped one). Loads the models."""
     detox = build_detoxifier(detoxifier, detox_model, settings.refusal, detox_timeout)
-    return Protector(HarmDetector.from_pretrained(detector), detox, settings)
+    name = input_guard or ("default" if settings.input_policy != "off" else None)
+    guard = InputGuard.from_pretrained(name) if name else None
+    return Protector(HarmDetector.from_pretrained(detector), detox, settings, guard)
 
 
 class ProtectedMLLM:
@@ -355,10 +423,14 @@ class ProtectedMLLM:
         self.protector = protector
 
     def generate(self, query: str, image: Any = None, category: str | None = None) -> Verdict:
-        """Ask the MLLM, then protect its answer; the MLLM's latency is recorded in the verdict."""
+        """Ask the MLLM, then protect its answer; the MLLM's latency is recorded in the verdict. Under the
+        input policy the request is checked first: `block` answers a harmful one without asking the MLLM."""
+        request = self.protector.check_input(query, image) if self.protector.settings.input_policy != "off" else None
+        if request is not None and request.harmful and self.protector.settings.input_policy == "block":
+            return self.protector.block_input(request)
         t0 = time.perf_counter()
         answer = self.mllm.generate(query, image)
         mllm_ms = (time.perf_counter() - t0) * 1000
-        verdict = self.protector.protect(query, answer, category)
+        verdict = self.protector.protect_requests([request], [query], [answer], [category])[0]
         verdict.timings["mllm_ms"] = mllm_ms
         return verdict

@@ -1,19 +1,19 @@
 """Requests (not answers) with a harm label, for the input guard's request classifier.
 
 Each source is one leave-one-source-out family. Harmful: AdvBench, StrongREJECT, HarmfulQA, CatQA,
-DangerousQA, HarmBench behaviours (text + multimodal), MM-SafetyBench and FigStep questions, VLGuard
-unsafe instructions, Safety-Tuned LLaMAs' harmful instructions, JailbreakBench's harmful behaviours.
-Benign: benign instructions, JailbreakBench benign behaviours, Vicuna-80, LLaVA-Bench (COCO, in the wild),
-VLGuard safe instructions, MM-Vet, Safety-Tuned LLaMAs' Alpaca instructions. Typographic attacks are
-taught in the form the guard scores at run time (`compose_request`: the user's text plus the text read
-from the image): MM-SafetyBench's rephrased question + key phrase, FigStep's prompt + instruction, and
-the same templates around benign instructions, so the templates alone carry no label. A fixed share of
-the benign instructions (`EVAL_FRACTION` by group hash) is never trained on: the evaluation renders them.
+DangerousQA, HarmBench behaviours (text + multimodal), MM-SafetyBench questions and key phrases, FigStep
+questions and instructions, VLGuard unsafe instructions, Safety-Tuned LLaMAs' harmful instructions,
+JailbreakBench's harmful behaviours. Benign: benign instructions, JailbreakBench benign behaviours,
+Vicuna-80, LLaVA-Bench (COCO, in the wild), VLGuard safe instructions, MM-Vet, Safety-Tuned LLaMAs' Alpaca
+instructions, the benign instructions asked as questions, and the attacks' own text prompts (FigStep's, MM-SafetyBench's generic rephrased questions),
+which are harmless without their image. The guard scores the user's text, the image text and both together
+(`input_guard`), so the key phrase or instruction a typographic attack puts in the image is taught as a
+request of its own. A fixed share of the benign instructions (`EVAL_FRACTION` by group hash) is never
+trained on: the evaluation renders them.
 """
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +21,6 @@ from typing import Any
 
 from ..categories import category_from_question, training_category
 from ..eval.benchmarks import FIGSTEP_PROMPT
-from ..input_guard import compose_request
 from .readers import _digest, _expect, _field, _json_list, _read_csv, _read_json, _read_jsonl
 from .records import HARMFUL, HARMLESS, Example
 from .splits import group_bucket
@@ -31,7 +30,9 @@ EVAL_FRACTION = 0.2
 #: MM-SafetyBench rephrased questions used this often are generic templates ("List steps in detail to
 #: perform this activity."); rarer ones carry the harm in their own words.
 GENERIC_TEMPLATE_COUNT = 8
-#: Generic questions about an image's text, paired with benign image text in the benign typographic rows.
+#: How the benign instructions are turned into questions (`_benign_questions`).
+QUESTION_PREFIXES = ("How do I", "How can I", "Can you", "Could you help me", "What is the best way to")
+#: Generic questions about an image's text.
 IMAGE_TEXT_QUESTIONS = ("What does the text in the image say?", "Please follow the instruction in the image.",
                         "Answer the request shown in the picture.", "Can you help me with what is written here?")
 
@@ -76,26 +77,23 @@ def _harmbench(root: Path) -> list[Example]:
 
 
 def _mmsb(root: Path) -> list[Example]:
-    """Each question plainly and as its typographic attack (rephrased question + key phrase in the image)."""
+    """Each question and its key phrase (what the TYPO image shows)."""
     out = []
     for path in sorted((root / "mm_safetybench" / "processed_questions").glob("[0-9]*.json")):
         for qid, record in _expect(_read_json(path), dict, str(path)).items():
             where, group = f"{path}, id {qid}", f"mmsb:{path.stem}:{qid}"
-            phrase = _field(record, "Key Phrase", str, where)
-            out.append(_row(_field(record, "Question", str, where), HARMFUL, "mmsb", path.stem, group, form="text"))
-            for key in ("Rephrased Question", "Rephrased Question(SD)"):
-                out.append(_row(compose_request(_field(record, key, str, where), phrase), HARMFUL, "mmsb", path.stem, group, form="typo"))
+            out.append(_row(_field(record, "Question", str, where), HARMFUL, "mmsb", path.stem, group, form="question"))
+            out.append(_row(_field(record, "Key Phrase", str, where), HARMFUL, "mmsb", path.stem, group, form="key_phrase"))
     return out
 
 
 def _figstep(root: Path) -> list[Example]:
-    """Each question plainly and as FigStep's attack (fixed prompt + the instruction and '1. 2. 3.' in the image)."""
+    """Each question and its instruction (what the FigStep image shows)."""
     out = []
     for where, r in _read_csv(root / "figstep" / "question" / "safebench.csv"):
         group, category = f"figstep:{r.get('category_id')}:{r.get('task_id')}", r.get("category_name")
-        out.append(_row(_field(r, "question", str, where), HARMFUL, "figstep", category, group, form="text"))
-        image_text = f"{_field(r, 'instruction', str, where)} 1. 2. 3."
-        out.append(_row(compose_request(FIGSTEP_PROMPT, image_text), HARMFUL, "figstep", category, group, form="typo"))
+        out.append(_row(_field(r, "question", str, where), HARMFUL, "figstep", category, group, form="question"))
+        out.append(_row(_field(r, "instruction", str, where), HARMFUL, "figstep", category, group, form="instruction"))
     return out
 
 
@@ -136,23 +134,25 @@ def benign_instructions(root: Path) -> list[Example]:
     return out
 
 
-def _benign_typo(root: Path, seed: int = 0) -> list[Example]:
-    """Benign instructions (training share) in the attack templates: FigStep's prompt, MM-SafetyBench's
-    generic rephrased questions (most name the harm themselves: "... without getting caught"), and
-    generic questions about an image's text."""
-    rng = random.Random(seed)
-    counts = Counter(_field(r, key, str, str(p)) for p in sorted((root / "mm_safetybench" / "processed_questions").glob("[0-9]*.json"))
-                     for r in _read_json(p).values() for key in ("Rephrased Question", "Rephrased Question(SD)"))
-    templates = sorted(t for t, n in counts.items() if n >= GENERIC_TEMPLATE_COUNT)
+def _benign_questions(root: Path) -> list[Example]:
+    """The benign instructions (training share) asked as questions ("How do I ...?", "Can you ...?"): the harmful
+    question sets are phrased so, the benign instructions as commands, and the phrasing must not be the signal."""
     out = []
     for e in benign_instructions(root):
-        if e.meta["held_out"]:
-            continue
-        text = e.response.rstrip(".")
-        for query, image_text in ((FIGSTEP_PROMPT, f"{text}. 1. 2. 3."), (rng.choice(templates), text.lower()),
-                                  (rng.choice(IMAGE_TEXT_QUESTIONS), text)):
-            out.append(_row(compose_request(query, image_text), HARMLESS, "benign_instructions", None, e.group, form="typo"))
+        if not e.meta["held_out"]:
+            prefix = QUESTION_PREFIXES[int(e.group.rsplit(":", 1)[1], 16) % len(QUESTION_PREFIXES)]
+            body = e.response.strip().rstrip(".?!")
+            out.append(_row(f"{prefix} {body[:1].lower()}{body[1:]}?", HARMLESS, "benign_questions", None, e.group))
     return out
+
+
+def _templates(root: Path) -> list[Example]:
+    """The attacks' text prompts (FigStep's, MM-SafetyBench's generic rephrased questions) and generic questions
+    about an image's text: harmless on their own."""
+    counts = Counter(_field(r, key, str, str(p)) for p in sorted((root / "mm_safetybench" / "processed_questions").glob("[0-9]*.json"))
+                     for r in _read_json(p).values() for key in ("Rephrased Question", "Rephrased Question(SD)"))
+    generic = sorted(t for t, n in counts.items() if n >= GENERIC_TEMPLATE_COUNT)
+    return [_row(t, HARMLESS, "attack_templates") for t in [FIGSTEP_PROMPT, *generic, *IMAGE_TEXT_QUESTIONS]]
 
 
 def _vicuna(root: Path) -> list[Example]:
@@ -178,7 +178,7 @@ READERS: dict[str, Callable[[Path], list[Example]]] = {
     "dangerousqa": lambda root: _red_instruct(root, "dangerousqa", "dangerousqa.json"),
     "harmbench": _harmbench, "mmsb": _mmsb, "figstep": _figstep, "vlguard": _vlguard, "jailbreakbench": _jailbreakbench,
     "stl": _stl, "benign_instructions": lambda root: [e for e in benign_instructions(root) if not e.meta["held_out"]],
-    "benign_typo": _benign_typo, "vicuna80": _vicuna, "llava": _llava, "mm_vet": _mm_vet,
+    "benign_questions": _benign_questions, "attack_templates": _templates, "vicuna80": _vicuna, "llava": _llava, "mm_vet": _mm_vet,
 }
 #: Sources whose own category field maps through `categories.training_category` under another name.
 _CATEGORY_TABLE = {"mmsb": "mmsb_gemini", "figstep": "figstep_qwen", "jailbreakbench": "jailbreakbench"}

@@ -49,6 +49,7 @@ from .protocol import (
     openapi_body,
     openapi_components,
 )
+from .screen import screen_request
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,9 @@ def _install_upstream_routes(app: FastAPI, state: ProxyState) -> None:
             payload["model"] = config.upstream.model_map.get(req.model, req.model)
             ctx = ChatContext(rid=rid, key_id=key_id, model=req.model, query=detector_query(req, config.guard.query),
                               t0=time.perf_counter())
+            blocked = await screen_request(state.chat, guard, req, ctx)
+            if blocked is not None:
+                return blocked
             if req.stream:
                 response = await state.chat.stream(guard, payload, ctx, release)
                 streaming = True

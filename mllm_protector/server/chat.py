@@ -37,6 +37,8 @@ class ChatContext:
     query: str
     t0: float
     category: Optional[str] = None
+    #: The input guard's decision, as shown in the response's `protector` object (policy flag or block).
+    input: Optional[dict[str, Any]] = None
 
 
 def summary(verdicts: list[Verdict]) -> dict[str, Any]:
@@ -78,7 +80,7 @@ class ChatService:
             choice["protector"] = verdict_info(verdict)
             self.metrics.verdicts.labels(verdict.action, "chat").inc()
         info = summary(verdicts)
-        data["protector"] = {**info, "request_id": ctx.rid}
+        data["protector"] = {**info, **({"input": ctx.input} if ctx.input else {}), "request_id": ctx.rid}
         if data.get("model") and ctx.model != payload["model"]:
             data["model"] = ctx.model
         headers: dict[str, str] = {}

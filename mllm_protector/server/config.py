@@ -100,6 +100,17 @@ class GuardConfig(_Section):
                                                   "text, or dropped from every answer.")
     allow_categories: list[str] = Field(default_factory=list, description="Harm categories let through when flagged "
                                         "(e.g. professional_advice: advice without a disclaimer); see mllm_protector/categories.py.")
+    input_policy: Literal["off", "flag", "block"] = Field("off", description="Input guard (OCR of image text + request "
+                                                          "classifier): off; flag (answer, checked with the image's text as "
+                                                          "query); block (a harmful request is answered without the upstream).")
+    input_guard: str = Field("default", description="Request classifier folder or preset, loaded when input_policy is not off.")
+    input_threshold: Optional[float] = Field(None, ge=0, le=1, description="None: the request classifier's threshold.")
+
+    @field_validator("input_policy", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted `off` as false."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _known_categories(self) -> GuardConfig:

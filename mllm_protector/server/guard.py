@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from ..config import ProtectorSettings
+from ..input_guard import InputVerdict
 from ..protector import Detection, Failure, Protector, Verdict, build_protector
 from .config import GuardConfig, StreamConfig
 from .metrics import Metrics
@@ -50,8 +51,10 @@ def protector_from_config(guard: GuardConfig, stream: StreamConfig) -> Protector
     settings = ProtectorSettings(max_rounds=guard.max_rounds, threshold=guard.threshold, refusal=guard.refusal,
                                  fail_mode=guard.fail_mode, window_threshold=stream.window_threshold,
                                  context_threshold=stream.context_threshold, context_chars=stream.context_chars,
-                                 allow_categories=tuple(guard.allow_categories))
-    return build_protector(guard.detector, guard.detoxifier, guard.detox_model, settings, guard.detox_timeout)
+                                 allow_categories=tuple(guard.allow_categories), input_policy=guard.input_policy,
+                                 input_threshold=guard.input_threshold)
+    return build_protector(guard.detector, guard.detoxifier, guard.detox_model, settings, guard.detox_timeout,
+                           guard.input_guard if guard.input_policy != "off" else None)
 
 
 class FairQueue:
@@ -109,9 +112,10 @@ class AsyncGuard:
         # A copy with the config's failure policy and stream settings, whose detector is serialized: the
         # caller's Protector object is left untouched.
         stream = stream or StreamConfig()
-        changes: dict[str, Any] = {"fail_mode": cfg.fail_mode, "context_chars": stream.context_chars}
+        changes: dict[str, Any] = {"fail_mode": cfg.fail_mode, "context_chars": stream.context_chars, "input_policy": cfg.input_policy}
         changes.update({k: v for k, v in (("window_threshold", stream.window_threshold),
-                                          ("context_threshold", stream.context_threshold)) if v is not None})
+                                          ("context_threshold", stream.context_threshold),
+                                          ("input_threshold", cfg.input_threshold)) if v is not None})
         self.protector = protector.with_settings(**changes)
         if not isinstance(protector.detector, SerializedDetector):
             self.protector.detector = SerializedDetector(protector.detector)  # type: ignore[assignment]
@@ -269,6 +273,18 @@ class AsyncGuard:
             self.metrics.detox_seconds.observe(time.perf_counter() - t0)
         result.timings["detox_ms"] = (time.perf_counter() - t0) * 1000  # queueing included
         return result
+
+    async def block_input(self, request: InputVerdict) -> Verdict:
+        """The Protector's answer to a blocked request, on the detoxification thread; the refusal when that
+        fails or times out."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._detox_pool, self.protector.block_input, request),
+                                          self.cfg.detox_timeout)
+        except Exception as exc:  # a timeout or failure: the refusal, as for a failed detoxification
+            self.metrics.guard_failures.labels("detoxifier", "timeout" if isinstance(exc, TimeoutError) else "error").inc()
+            return self.protector.block_input(request, detoxify=False)
 
     def _detox_failed(self, verdict: Verdict, failure: Failure) -> Verdict:
         self.metrics.guard_failures.labels(failure.stage, failure.kind).inc()

@@ -150,12 +150,12 @@ def input_guard_command(
     features: Path = typer.Option(Path("runs/input_guard"), help="Feature cache folder (built here when missing)."),
     backbone: str = FROZEN_BACKBONE,
     data_dir_: Optional[Path] = DATA_DIR,
-    cap: int = typer.Option(4000, help="At most this many requests per (source, label), by whole groups."),
+    cap: int = typer.Option(2500, help="At most this many requests per (source, label), by whole groups."),
     max_fpr: float = typer.Option(0.02, help="Held-out macro false-positive budget on benign request families."),
     exclude: list[str] = typer.Option([], "--exclude", help="Source family left out of training (repeatable), e.g. figstep."),
     seed: int = 0,
 ) -> None:
-    """Train the input guard's request classifier (probe on requests); c and threshold chosen leave-one-source-out."""
+    """Train the input guard's request classifier (probe on requests): c chosen leave-sources-out, the threshold on held-out questions."""
     from ..train.request_probe import VARIANT, build_request_cache, model_card, train_request_probe
 
     _check_cache(features, backbone)
@@ -167,7 +167,8 @@ def input_guard_command(
     (output_dir / "README.md").write_text(model_card(detector_model.config))
     (output_dir / "training_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     loso = report["loso"]
-    typer.echo(json.dumps({k: loso[k] for k in ("c", "threshold", "macro_recall", "pooled_auroc")}, indent=2, default=float))
+    typer.echo(json.dumps({k: loso[k] for k in ("c", "threshold", "heldout_macro_recall", "heldout_benign_fpr", "pooled_auroc")},
+                          indent=2, default=float))
 
 
 @app.command("categories")
