@@ -151,7 +151,7 @@ def input_guard_command(
     backbone: str = FROZEN_BACKBONE,
     data_dir_: Optional[Path] = DATA_DIR,
     cap: int = typer.Option(2500, help="At most this many requests per (source, label), by whole groups."),
-    max_fpr: float = typer.Option(0.02, help="Held-out macro false-positive budget on benign request families."),
+    max_fpr: float = typer.Option(0.02, help="False-positive budget on held-out benign requests that sets the threshold."),
     exclude: list[str] = typer.Option([], "--exclude", help="Source family left out of training (repeatable), e.g. figstep."),
     seed: int = 0,
 ) -> None:
