@@ -8,8 +8,11 @@ next to a plain torch fp32 forward of the same token windows (no tokenisation): 
 detector was trained with, from JailbreakBench, PKU-SafeRLHF, GPTFuzz, FigStep/Qwen, Vicuna-80, LLaVA-Bench
 and VLGuard answers; 300 harmful + 300 harmless, all lengths), and the largest |score difference| from
 torch fp32. Cold start: a fresh interpreter that loads the detector and scores one answer.
-With --record, the fastest backend whose AUROC is within --tolerance of torch fp32 is written into the
-detector's config (`inference`), which `HarmDetector.from_pretrained(backend="auto")` follows.
+With --record, the fastest backend whose AUROC is within --tolerance of torch fp32 and which changes at most
+--max-verdict-changes validation verdicts at the detector's threshold is written into the detector's config
+(`inference`), which `HarmDetector.from_pretrained(backend="auto")` follows. Verdicts count because the
+Protector and its stream windows decide by thresholds: a backend that moves borderline scores changes
+decisions even when its AUROC holds.
 Usage: python benchmarks/detector_backends.py --record
 """
 
@@ -98,6 +101,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (one batch per backend each)")
     parser.add_argument("--tolerance", type=float, default=0.005, help="largest AUROC difference from torch fp32 for --record")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-verdict-changes", type=int, default=0, help="most validation verdicts a recorded backend may change")
     parser.add_argument("--record", action="store_true", help="write the fastest backend within tolerance into the detector config")
     parser.add_argument("--out", type=Path, default=Path("docs/results/detector_backends.md"))
     args = parser.parse_args()
@@ -137,12 +141,16 @@ def main() -> None:
                        "max_diff": max(abs(a - b) for a, b in zip(s, scores["torch fp32"], strict=True)),
                        "flips": sum((a >= threshold) != (b >= threshold) for a, b in zip(s, scores["torch fp32"], strict=True))}
                 for name, s in scores.items()}
-    within = [name for name in SELECTABLE if abs(accuracy[name]["delta"]) <= args.tolerance]
-    fastest = max(within, key=lambda name: sum(speed[name].values()))
-    starts = {backend: cold_start(backend) for backend in ("torch", SELECTABLE[fastest])}
+    def fastest_of(names: list[str]) -> str:
+        return max(names, key=lambda name: sum(speed[name].values()))
+
+    within_auroc = [name for name in SELECTABLE if abs(accuracy[name]["delta"]) <= args.tolerance]
+    fastest = fastest_of([name for name in within_auroc if accuracy[name]["flips"] <= args.max_verdict_changes])
+    starts = {backend: cold_start(backend) for backend in SELECTABLE.values()}
     command = " ".join(["python", *sys.argv])
     result = {"command": command, "wall_s": time.time() - t0, "tokens": tokens, "speed": speed, "accuracy": accuracy,
-              "answers": len(responses), "harmful": sum(labels), "fastest": fastest, "tolerance": args.tolerance,
+              "answers": len(responses), "harmful": sum(labels), "fastest": fastest, "fastest_auroc_only": fastest_of(within_auroc),
+              "tolerance": args.tolerance, "max_changes": args.max_verdict_changes,
               "cold_start": starts, "rounds": args.rounds, "load": (load_start, os.getloadavg()), "threshold": threshold}
     if args.record:
         path = reference.source
@@ -150,6 +158,8 @@ def main() -> None:
         config = DetectorConfig.read(path)
         config.inference = {"backend": SELECTABLE[fastest], "fingerprint": HarmDetector.fingerprint(path, config),
                             "tolerance": args.tolerance, "auroc": {SELECTABLE[n]: accuracy[n]["auroc"] for n in SELECTABLE},
+                            "max_verdict_changes": args.max_verdict_changes,
+                            "verdict_changes": {SELECTABLE[n]: accuracy[n]["flips"] for n in SELECTABLE},
                             "answers": len(responses), "command": command}
         config.write(path)
     text = render(result)
@@ -185,8 +195,9 @@ def render(r: dict[str, Any]) -> str:
                      f"{speed[64] / plain[64]:.2f} / {speed[256] / plain[256]:.2f} | {quality} |")
     lines += [
         "",
-        f"Fastest backend within {r['tolerance']} AUROC of torch fp32: **{r['fastest']}**"
-        + (" (recorded in the detector config; `backend=\"auto\"` loads it)." if "--record" in r["command"] else "."),
+        f"Fastest backend within {r['tolerance']} AUROC of torch fp32 that changes at most {r['max_changes']} verdicts: "
+        f"**{r['fastest']}**" + (" (recorded in the detector config; `backend=\"auto\"` loads it)" if "--record" in r["command"] else "")
+        + f"; fastest within the AUROC tolerance alone: {r['fastest_auroc_only']}.",
         "",
         "Cold start (a fresh interpreter loads the detector and scores one answer):",
         "",

@@ -8,8 +8,8 @@ which generalises better to sources it never saw. Unlike the original (whose sig
 long responses are scored over overlapping token windows, combined by the max (optionally discounted
 by the number of windows), so harm late in an answer is not truncated away.
 
-Classifiers run on ONNX Runtime by default (`onnx_backend.py`: exported once, no torch at inference);
-probes, GPUs and training use torch.
+Detectors run on ONNX Runtime by default (`onnx_backend.py`: exported once, no torch at inference);
+GPUs and training use torch.
 """
 
 from __future__ import annotations
@@ -273,9 +273,10 @@ class HarmDetector:
         """Load a saved detector folder, or a shipped preset name (`default`), on a backend.
 
         `backend`: "torch", "onnx" (ONNX Runtime fp32), "onnx-int8" (int8 weights), or "auto" (default, or
-        `MLLM_PROTECTOR_BACKEND`): the backend recorded in the config as the fastest within 0.005 AUROC of
-        torch fp32 for these weights, else "onnx" (the export reproduces torch's scores); torch for probe
-        detectors (ONNX covers classifiers only), on a GPU, or when onnxruntime is not installed.
+        `MLLM_PROTECTOR_BACKEND`): the backend a benchmark recorded in the config for these weights (the
+        fastest within 0.005 AUROC of torch fp32 that changes no validation verdict), else "onnx" (the export
+        reproduces torch's scores); torch on a GPU, when onnxruntime is not installed, or when the export
+        fails (a backbone the tracer cannot handle).
         """
         from .onnx_backend import choose_backend
 
@@ -288,7 +289,7 @@ class HarmDetector:
             )
         config = DetectorConfig.read(path)
         requested = backend or os.environ.get(ENV_BACKEND, "auto")
-        chosen = choose_backend(requested, config.kind, config.inference, lambda: cls.fingerprint(path, config), device)
+        chosen = choose_backend(requested, config.inference, lambda: cls.fingerprint(path, config), device)
         detector = None
         if chosen != "torch":
             try:

@@ -80,16 +80,14 @@ def _gpu_wanted(device: str | None) -> bool:
     return torch.cuda.is_available()
 
 
-def choose_backend(requested: str, kind: str, record: dict[str, Any], key: Callable[[], str], device: str | None) -> Backend:
-    """The backend to load: `requested` unless "auto"; auto is torch for probes, GPUs or without onnxruntime,
-    else the backend `record` names for the export fingerprint `key()` (measured within tolerance), else "onnx"."""
+def choose_backend(requested: str, record: dict[str, Any], key: Callable[[], str], device: str | None) -> Backend:
+    """The backend to load: `requested` unless "auto"; auto is torch on a GPU or without onnxruntime, else the
+    backend `record` names for the export fingerprint `key()` (measured within tolerance), else "onnx"."""
     if requested not in BACKENDS:
         raise ProtectorError(f"unknown detector backend {requested!r}: choose one of {', '.join(BACKENDS)}")
     if requested != "auto":
-        if requested != "torch" and kind != "classifier":
-            raise ProtectorError(f"the ONNX backends cover classifier detectors; this {kind} detector runs on backend='torch'")
         return requested
-    if kind != "classifier" or importlib.util.find_spec("onnxruntime") is None or _gpu_wanted(device):
+    if importlib.util.find_spec("onnxruntime") is None or _gpu_wanted(device):
         return "torch"
     recorded = record.get("backend")
     return recorded if recorded in BACKENDS and recorded != "auto" and record.get("fingerprint") == key() else "onnx"

@@ -1,6 +1,7 @@
 """Export a detector's torch networks to ONNX once: fused graphs (fp32), an int8 copy, the tokenizer.
 
-The harm network (a LoRA-merged sequence classifier) and the category probe are traced with
+The harm network (a LoRA-merged or fully tuned sequence classifier, or a probe with its heads) and a
+classifier's category probe are traced with
 `torch.onnx.export`; BERT-family graphs are fused by ONNX Runtime's transformer optimizer (attention,
 GELU, layer norm kernels); `onnxruntime.quantization.quantize_dynamic` writes the int8 harm network. The
 fp32 export must reproduce torch's scores on check windows, or the export fails.
@@ -111,7 +112,8 @@ def export_detector(staging: Path, model: Any, category_model: Any, tokenizer: A
     Raises ProtectorError when the fp32 graphs do not reproduce torch on the `check` windows.
     """
     pad_id = int(tokenizer.pad_token_id)
-    _export_graph(model, ("logits",), staging / GRAPHS["onnx"], pad_id)
+    harm_outputs = ("logits", "category_logits") if getattr(model, "category_head", None) is not None else ("logits",)
+    _export_graph(model, harm_outputs, staging / GRAPHS["onnx"], pad_id)
     _quantize(staging / GRAPHS["onnx"], staging / GRAPHS["onnx-int8"])
     if category_model is not None:
         _export_graph(category_model, ("logits", "category_logits"), staging / CATEGORY_GRAPH, pad_id)

@@ -93,6 +93,15 @@ def test_default_on_onnx_keeps_verdicts_and_categories(backend, torch_detector):
     assert expected[0].category is not None  # the harmful answer is flagged and named
 
 
+def test_probe_detector_on_onnx_scores_as_torch():
+    folder = PRETRAINED_DIR / "input-guard-default"  # the shipped probe: frozen backbone, pooled layers, linear heads
+    on_torch, on_onnx = (HarmDetector.from_pretrained(folder, backend=b) for b in ("torch", "onnx"))
+    assert on_onnx.backend == "onnx"
+    expected, found = on_torch.detect(ANSWERS), on_onnx.detect(ANSWERS)
+    assert [d.score for d in found] == pytest.approx([d.score for d in expected], abs=1e-4)
+    assert [d.category for d in found] == [d.category for d in expected]
+
+
 def test_export_tokenizer_gives_the_same_windows():
     folder = find_export(DEFAULT, HarmDetector.fingerprint(DEFAULT, DetectorConfig.read(DEFAULT)))
     assert folder is not None
@@ -107,14 +116,12 @@ def test_auto_backend_follows_the_verified_record():
     def key() -> str:
         return "abc"
 
-    assert choose_backend("auto", "classifier", {"backend": "onnx-int8", "fingerprint": "abc"}, key, "cpu") == "onnx-int8"
-    assert choose_backend("auto", "classifier", {"backend": "onnx-int8", "fingerprint": "old"}, key, "cpu") == "onnx"
-    assert choose_backend("auto", "classifier", {}, key, "cuda") == "torch"
-    assert choose_backend("auto", "probe", {}, key, "cpu") == "torch"
-    with pytest.raises(ProtectorError, match="classifier detectors"):
-        choose_backend("onnx", "probe", {}, key, "cpu")
+    assert choose_backend("auto", {"backend": "onnx-int8", "fingerprint": "abc"}, key, "cpu") == "onnx-int8"
+    assert choose_backend("auto", {"backend": "onnx-int8", "fingerprint": "old"}, key, "cpu") == "onnx"
+    assert choose_backend("auto", {"backend": "onnx-int8", "fingerprint": "abc"}, key, "cuda") == "torch"
+    assert choose_backend("onnx", {}, key, "cuda") == "onnx"
     with pytest.raises(ProtectorError, match="unknown detector backend"):
-        choose_backend("tensorrt", "classifier", {}, key, "cpu")
+        choose_backend("tensorrt", {}, key, "cpu")
 
 
 def test_onnx_scoring_does_not_import_torch():
