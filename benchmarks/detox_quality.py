@@ -115,10 +115,16 @@ def evaluate(name: str, detox: Any, records: list[DetoxRecord], detector: Any, e
         rewrites.append(detox.rewrite(record.query, record.harmful))
         latencies.append(time.perf_counter() - start)
         log.info("[%s] %d/%d %.1fs", name, i + 1, len(records), latencies[-1])
+    return quality(name, rewrites, latencies, records, detector, embedder)
+
+
+def quality(name: str, rewrites: list[str], latencies: list[float], records: list[DetoxRecord], detector: Any,
+            embedder: Any) -> dict[str, Any]:
+    """The metrics (a)–(e) of rewrites already made for `records`, with their latencies."""
     queries = [r.query for r in records]
     harmful_flags = detector.is_harmful(rewrites, queries)
     judge = [keyword_judge(t) for t in rewrites]
-    safe_by_both = [not flag and ok for flag, ok in zip(harmful_flags, judge)]
+    safe_by_both = [not flag and ok for flag, ok in zip(harmful_flags, judge, strict=True)]
     q_vec = embedder.encode(queries, normalize_embeddings=True)
     r_vec = embedder.encode(rewrites, normalize_embeddings=True)
     f_vec = embedder.encode([DEFAULT_REFUSAL], normalize_embeddings=True)[0]
@@ -126,7 +132,7 @@ def evaluate(name: str, detox: Any, records: list[DetoxRecord], detector: Any, e
     ref = q_vec @ f_vec
     norm = [" ".join(t.lower().split()) for t in rewrites]
     by_category: dict[str, list[bool]] = defaultdict(list)
-    for record, safe in zip(records, safe_by_both):
+    for record, safe in zip(records, safe_by_both, strict=True):
         by_category[record.category].append(safe)
     return {
         "name": name,
@@ -252,7 +258,7 @@ def render(command: str, results: list[dict[str, Any]], records: list[DetoxRecor
     for result in results:
         text.append(f"**{result['name']}**")
         text.append("")
-        safe = [(r, t) for r, t, ok in zip(records, result["rewrites"], result["safe_by_both"]) if ok]
+        safe = [(r, t) for r, t, ok in zip(records, result["rewrites"], result["safe_by_both"], strict=True) if ok]
         for record, rewrite in safe[:3]:
             short = " ".join(rewrite.split())[:300]
             text.append(f"- [{record.category}] {short}")
@@ -266,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", type=Path, default=DEFAULT_DETOX_ADAPTER, help="LoRA adapter folder (default: shipped)")
     parser.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
+    parser.add_argument("--runtime", choices=("transformers", "llamacpp"), default="transformers",
+                        help="local LM runtime (benchmarks/detox_llamacpp.py compares the two)")
     parser.add_argument("--n", type=int, default=60, help="held-out harmful answers to rewrite")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--records", type=Path, default=None, help="validation records JSONL (default: rebuild the split)")
@@ -280,8 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     from sentence_transformers import SentenceTransformer
 
     from mllm_protector.detector import HarmDetector
+    from mllm_protector.detox_llamacpp import LlamaCppDetoxifier
     from mllm_protector.detoxifier import LMDetoxifier
     from mllm_protector.models import resolve_model
+
+    runtime = LlamaCppDetoxifier if args.runtime == "llamacpp" else LMDetoxifier
 
     loads = [os.getloadavg()[0]]
     records = held_out(args.records, args.adapter, args.n, args.seed)
@@ -289,10 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     detector = HarmDetector.from_pretrained(args.detector)
     embedder = SentenceTransformer(resolve_model("minilm-l6"), device="cpu")
     originals_flagged = sum(detector.is_harmful([r.harmful for r in records], [r.query for r in records])) / len(records)
-    results = [evaluate("SmolLM2-135M + shipped LoRA", LMDetoxifier(adapter=args.adapter), records, detector, embedder)]
+    results = [evaluate("SmolLM2-135M + shipped LoRA", runtime(adapter=args.adapter), records, detector, embedder)]
     loads.append(os.getloadavg()[0])
     if not args.no_base:
-        results.append(evaluate("SmolLM2-135M base (no adapter)", LMDetoxifier(adapter=False), records, detector, embedder))
+        results.append(evaluate("SmolLM2-135M base (no adapter)", runtime(adapter=False), records, detector, embedder))
     categories = category_accuracy(data_dir())
     load = f"{statistics.mean(loads + [os.getloadavg()[0]]):.1f} on {os.cpu_count()} cores"
     markdown = render(command, results, records, categories, args.detector, originals_flagged, load)

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from mllm_protector.detoxifier import DEFAULT_DETOX_ADAPTER, LMDetoxifier
-from mllm_protector.errors import ModelNotFoundError, ProtectorError
+from mllm_protector.errors import InputError, ModelNotFoundError, ProtectorError
 from mllm_protector.models import bundled_gguf
 
 from .conftest import FIXTURES, HARMFUL
 
 pytest.importorskip("llama_cpp")  # CI installs it (make install-server)
 
-from mllm_protector.detox_llamacpp import LlamaCppDetoxifier, _permute_rows, merged_gguf  # noqa: E402
+from mllm_protector.detox_llamacpp import LlamaCppDetoxifier, _permute_rows, default_threads, merged_gguf  # noqa: E402
 from mllm_protector.protector import build_detoxifier  # noqa: E402
 
 
@@ -30,9 +30,13 @@ def base() -> Path:
 
 @pytest.fixture(scope="module")
 def llamacpp() -> LlamaCppDetoxifier:
-    """The default-built llama.cpp detoxifier (shipped adapter, cache in the user's cache dir)."""
-    detox = build_detoxifier("lm")
+    """The default-built llama.cpp detoxifier (shipped adapter, cache in the user's cache dir), on one thread: on a
+    shared CI box more threads wait for each other (docs/results/detox_llamacpp.md)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLLM_PROTECTOR_DETOX_THREADS", "1")
+        detox = build_detoxifier("lm")
     assert isinstance(detox, LlamaCppDetoxifier)  # llama.cpp is the default local runtime when installed
+    assert detox.llm.n_threads == 1
     return detox
 
 
@@ -96,6 +100,11 @@ def test_what_llamacpp_cannot_run_is_a_clear_error(base, tmp_path, monkeypatch):
         LlamaCppDetoxifier("minilm-l6")
     with pytest.raises(ProtectorError, match="use lm, llamacpp, transformers"):
         build_detoxifier("llama")
+    monkeypatch.setenv("MLLM_PROTECTOR_DETOX_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.setenv("MLLM_PROTECTOR_DETOX_THREADS", "all")
+    with pytest.raises(InputError, match="MLLM_PROTECTOR_DETOX_THREADS"):
+        default_threads()
 
 
 @pytest.mark.slow
