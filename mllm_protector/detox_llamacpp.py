@@ -39,7 +39,12 @@ def llamacpp_available(model: str = DEFAULT_DETOX_MODEL) -> bool:
 
 
 def default_threads() -> int:
-    """`MLLM_PROTECTOR_DETOX_THREADS`, else the physical cores this process may use (SMT siblings add nothing)."""
+    """`MLLM_PROTECTOR_DETOX_THREADS`, else the physical cores this process may use less one (at least one).
+
+    SMT siblings add nothing, and llama.cpp's threads spin-wait for each other: when the detector or the
+    server takes a core, a rewrite on every core stalls (p50 18 s against 2.0 s on 1 thread on a 2-core box,
+    docs/results/detox_llamacpp.md), so one core is left to the rest of the process.
+    """
     import psutil
 
     value = os.environ.get(ENV_THREADS, "")
@@ -48,7 +53,7 @@ def default_threads() -> int:
             raise InputError(f"{ENV_THREADS} must be a positive whole number of threads, got {value!r}")
         return int(value)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(usable, psutil.cpu_count(logical=False) or usable))
+    return max(1, min(usable, psutil.cpu_count(logical=False) or usable) - 1)
 
 
 def _permute_rows(weight: Any, n_head: int) -> Any:

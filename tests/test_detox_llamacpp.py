@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -100,6 +101,13 @@ def test_what_llamacpp_cannot_run_is_a_clear_error(base, tmp_path, monkeypatch):
         LlamaCppDetoxifier("minilm-l6")
     with pytest.raises(ProtectorError, match="use lm, llamacpp, transformers"):
         build_detoxifier("llama")
+    monkeypatch.delenv("MLLM_PROTECTOR_DETOX_THREADS", raising=False)
+    import psutil
+
+    for physical, expected in ((4, 3), (2, 1), (1, 1)):  # one core is left to the detector and the server
+        monkeypatch.setattr(psutil, "cpu_count", lambda logical=True, n=physical: n)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=physical: set(range(2 * n)))
+        assert default_threads() == expected
     monkeypatch.setenv("MLLM_PROTECTOR_DETOX_THREADS", "3")
     assert default_threads() == 3
     monkeypatch.setenv("MLLM_PROTECTOR_DETOX_THREADS", "all")
