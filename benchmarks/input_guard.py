@@ -307,7 +307,7 @@ def main() -> None:
     if args.holdout_model:
         holdout = guard_for(args.holdout_model)
         results[args.holdout_model] = report(holdout, rescore(holdout, rows), meta["keys"], root, asr=False)
-    command = "HF_HUB_OFFLINE=1 python benchmarks/input_guard.py " + shlex.join(sys.argv[1:])
+    command = " ".join(["HF_HUB_OFFLINE=1 python benchmarks/input_guard.py", shlex.join(sys.argv[1:])]).strip()
     args.out.write_text(markdown(results, command))
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, **results}, indent=2, default=float) + "\n")
     print(args.out.read_text())
