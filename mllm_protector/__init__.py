@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import ProtectorSettings
     from .detector import HarmDetector
+    from .detox_llamacpp import LlamaCppDetoxifier
     from .detoxifier import Detoxifier, LMDetoxifier, OpenAIDetoxifier, RefusalDetoxifier
     from .errors import ProtectorError
+    from .input_guard import InputGuard, InputVerdict
     from .protector import ProtectedMLLM, Protector, Verdict
 
 __version__ = "0.1.0"
@@ -22,11 +24,12 @@ __version__ = "0.1.0"
 _HOME = {
     "ProtectorSettings": "config", "HarmDetector": "detector", "Detoxifier": "detoxifier",
     "LMDetoxifier": "detoxifier", "OpenAIDetoxifier": "detoxifier", "RefusalDetoxifier": "detoxifier",
+    "LlamaCppDetoxifier": "detox_llamacpp", "InputGuard": "input_guard", "InputVerdict": "input_guard",
     "ProtectorError": "errors", "ProtectedMLLM": "protector", "Protector": "protector", "Verdict": "protector",
 }
 __all__ = [
-    "HarmDetector", "Detoxifier", "LMDetoxifier", "OpenAIDetoxifier", "RefusalDetoxifier",
-    "Protector", "ProtectedMLLM", "Verdict", "ProtectorSettings", "ProtectorError",
+    "HarmDetector", "Detoxifier", "LMDetoxifier", "LlamaCppDetoxifier", "OpenAIDetoxifier", "RefusalDetoxifier",
+    "InputGuard", "InputVerdict", "Protector", "ProtectedMLLM", "Verdict", "ProtectorSettings", "ProtectorError",
 ]
 
 
