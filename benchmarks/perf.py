@@ -269,6 +269,11 @@ def _f(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+#: The goal of each figure (issue #11), in the order of `rows`.
+GOALS = ["≥ 3× plain torch", "≥ 3× faster, same scores ± 1e-3", "≤ 20", "≤ 100 / 300", "≤ 150", "p50 ≤ 2, p95 ≤ 4",
+         "≤ 5 / ≤ 5 / ≤ 1"]
+
+
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(figure, value, in-run reference) rows of one run."""
     d, c, p, x, cold = r["detector"], r["cli_score"], r["proxy"], r["detox"], r["cold"]
@@ -285,8 +290,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"{_f(proxy['many_p50_ms'], 0)} / {_f(proxy['many_p95_ms'], 0)}", f"direct {_f(direct['many_p50_ms'], 0)} / {_f(direct['many_p95_ms'], 0)}"),
         (f"streaming, {p['clients']} concurrent clients: time to first content p50 ms",
          _f(proxy["stream_first_p50_ms"], 0), f"direct {_f(direct['stream_first_p50_ms'], 0)}"),
-        (f"detoxification of one harmful answer ({x['kind']}): mean / p50 / p95 s",
-         f"{_f(x['mean_s'], 2)} / {_f(x['p50_s'], 2)} / {_f(x['p95_s'], 2)}", f"{x['n']} answers; model load {_f(x['load_s'])} s"),
+        ("detoxification of one harmful answer (default local detoxifier): mean / p50 / p95 s",
+         f"{_f(x['mean_s'], 2)} / {_f(x['p50_s'], 2)} / {_f(x['p95_s'], 2)}",
+         f"{x['kind']}, {x['n']} answers; model load {_f(x['load_s'])} s"),
         ("cold start: `score` one line / `protect` one benign line / `import mllm_protector`: s",
          f"{_f(cold['score_s'])} / {_f(cold['protect_s'])} / {_f(cold['import_s'], 2)}", "fresh processes, median"),
     ]
@@ -296,11 +302,11 @@ def render(runs: list[Path], command: str) -> str:
     """A markdown table: one value column per run (e.g. before, after), with each run's in-run reference."""
     data = [json.loads(p.read_text()) for p in runs]
     table = [rows(r) for r in data]
-    head = "| figure | " + " | ".join(f"{p.stem} ({r['git']}) | reference" for p, r in zip(runs, data, strict=True)) + " |"
+    head = "| figure | goal | " + " | ".join(f"{p.stem} ({r['git']}) | reference" for p, r in zip(runs, data, strict=True)) + " |"
     lines = [f"# Performance (issue #11)\n\nCommand: `{command}` (each run: `python benchmarks/perf.py --json <file>`).\n",
-             head, "|---|" + "---|---|" * len(runs)]
+             head, "|---|---|" + "---|---|" * len(runs)]
     for i, (figure, _, _) in enumerate(table[0]):
-        lines.append(f"| {figure} | " + " | ".join(f"{t[i][1]} | {t[i][2]}" for t in table) + " |")
+        lines.append(f"| {figure} | {GOALS[i]} | " + " | ".join(f"{t[i][1]} | {t[i][2]}" for t in table) + " |")
     if len(data) >= 2 and len(data[0]["cli_score"]["scores"]) == len(data[-1]["cli_score"]["scores"]):
         diff = max(abs(a - b) for a, b in zip(data[0]["cli_score"]["scores"], data[-1]["cli_score"]["scores"], strict=True))
         lines.append(f"\nLargest |score difference| between the first and last run on the `score` answers: {diff:.2e}.")
