@@ -64,6 +64,6 @@ def test_calibrate_rechooses_the_threshold_on_benign_fpr_and_keeps_the_weights(t
     benign = [e.response for e in val if e.source in BENIGN_SOURCES and e.label == 0]
     assert calibration["fpr_on"] == ("benign sources" if benign else "all harmless")
     benign = benign or [e.response for e in val if e.label == 0]
-    again = HarmDetector.from_pretrained(folder)
+    again = HarmDetector.from_pretrained(folder, backend="torch")  # calibrate scores on torch; ONNX differs by ~1e-7
     assert benign and max(again.score(benign)) < again.threshold
     assert again.score(benign) == pytest.approx(detector.score(benign), abs=1e-6)
