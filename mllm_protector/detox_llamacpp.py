@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import threading
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ class LlamaCppDetoxifier(LocalDetoxifier):
         if base is None:
             raise ModelNotFoundError(f"no bundled GGUF for detoxifier model '{model}' (llama.cpp runs the bundled "
                                      f"{DEFAULT_DETOX_MODEL}); use --detoxifier transformers")
-        self.tokenizer = load_tokenizer(model)
+        self.model = model
         self.adapter = resolve_adapter(model, adapter)
         self.gguf = merged_gguf(base, Path(self.adapter) if self.adapter else None)
         self.max_new_tokens = max_new_tokens
@@ -183,6 +184,12 @@ class LlamaCppDetoxifier(LocalDetoxifier):
             raise ProtectorError(f"llama.cpp cannot load {self.gguf}: {exc}") from exc
         self.eos = self.llm.token_eos()
         self._lock = threading.Lock()  # one llama.cpp context: one generation at a time
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The model's HF tokenizer (chat template, decoding), loaded by the first rewrite: it imports
+        transformers, which a process that never detoxifies (a `protect` run of benign answers) should not pay for."""
+        return load_tokenizer(self.model)
 
     def generate_ids(self, prompt: list[int]) -> list[int]:
         """Greedy continuation of `prompt` (temperature 0, no penalties), without the end-of-sequence token."""
