@@ -14,6 +14,7 @@ GPUs and training use torch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -289,11 +290,12 @@ class HarmDetector:
             )
         config = DetectorConfig.read(path)
         requested = backend or os.environ.get(ENV_BACKEND, "auto")
-        chosen = choose_backend(requested, config.inference, lambda: cls.fingerprint(path, config), device)
+        key = functools.cache(lambda: cls.fingerprint(path, config))  # hashes weight files: once per load
+        chosen = choose_backend(requested, config.inference, key, device)
         detector = None
         if chosen != "torch":
             try:
-                detector = cls._load_onnx(path, config, chosen)
+                detector = cls._load_onnx(path, config, chosen, key())
             except ProtectorError as exc:
                 if requested != "auto":
                     raise
@@ -312,11 +314,11 @@ class HarmDetector:
         return fingerprint(path, _graph_settings(config), backbone if backbone.is_dir() else None)
 
     @classmethod
-    def _load_onnx(cls, path: Path, config: DetectorConfig, backend: Backend) -> HarmDetector:
-        """The detector on ONNX Runtime from its cached export, exported first when missing, stale or unreadable."""
+    def _load_onnx(cls, path: Path, config: DetectorConfig, backend: Backend, key: str) -> HarmDetector:
+        """The detector on ONNX Runtime from its cached export (fingerprint `key`), exported first when missing,
+        stale or unreadable."""
         from .onnx_backend import find_export, load_export
 
-        key = cls.fingerprint(path, config)
         folder = find_export(path, key)
         if folder is not None:
             try:
