@@ -99,6 +99,7 @@ def detector(
     if args.process_index == 0:
         save_detector(detector_model, output_dir, report)
         typer.echo(json.dumps(report.get("validation", {}).get("overall", {}), indent=2))
+    _end_distributed()
 
 
 @app.command("probe")
@@ -310,6 +311,18 @@ def detoxifier(
         save_detoxifier(trained, tokenizer, output_dir, report, save_dtype)
         render_model_card(output_dir)
         typer.echo(json.dumps({k: report.get(k) for k in ("global_step", "train_loss", "validation_loss_before", "validation_loss", "wall_time_s")}, indent=2))
+    _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Under `accelerate launch`: wait for rank 0's save, then close the process group so that no rank exits
+    with gloo threads still running (that aborts the process: "terminate called without an active exception")."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 def _parse_caps(text: str, sources: set[str]) -> dict[str, int]:
