@@ -10,7 +10,9 @@ for a before/after comparison:
 3. the proxy (refusal detoxifier) in front of a scripted upstream on loopback: added latency of one
    request, 20 concurrent clients, time to the first streamed content — each against the upstream direct;
 4. detoxification of harmful answers with the default local detoxifier;
-5. cold starts: `import mllm_protector`, `score` of one line, `protect` of one benign line.
+5. cold starts: `import mllm_protector`, `score` of one line, `protect` of one benign line;
+6. the ceiling: the CPU's measured GEMM peaks (fp32, int8) and the fraction of them each detector path
+   reaches, on one thread in CPU seconds (the bound a figure cannot pass on this machine).
 
     python benchmarks/perf.py --json runs/perf_after.json
     python benchmarks/perf.py --render runs/perf_before.json runs/perf_after.json --out docs/results/perf.md
@@ -246,6 +248,83 @@ def cold_starts(work: Path, repeat: int) -> dict[str, Any]:
             "protect_s": median([*CLI, "protect", "-i", str(line), "-o", str(work / "p.jsonl"), "--no-resume"])}
 
 
+# --- 6. the machine's ceiling ----------------------------------------------------------------------
+def _gemm_session(op: str, rows: int, inner: int, cols: int) -> tuple[Any, dict[str, Any]]:
+    """A one-operator ONNX Runtime graph (MatMul fp32 or MatMulInteger int8) on one thread, and its input."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    integer = op == "MatMulInteger"
+    x = rng.integers(0, 255, (rows, inner)).astype(np.uint8) if integer else rng.standard_normal((rows, inner)).astype(np.float32)
+    w = rng.integers(-127, 127, (inner, cols)).astype(np.int8) if integer else rng.standard_normal((inner, cols)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8 if integer else TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32 if integer else TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]), {"x": x}
+
+
+def _cpu_seconds(fn: Any, repeat: int) -> float:
+    """CPU seconds this process spends per call of fn() (after one warm-up call): insensitive to other load."""
+    fn()
+    t0 = time.process_time()
+    for _ in range(repeat):
+        fn()
+    return (time.process_time() - t0) / repeat
+
+
+def ceiling_figures(windows: int) -> dict[str, Any]:
+    """How close each detector path runs to this CPU's measured peak, on one thread in CPU seconds (so other
+    load does not skew it): GEMM peaks (ONNX Runtime MatMul fp32, MatMulInteger int8) on the detector's
+    feed-forward shape, against 128-token windows per CPU second of a plain torch fp32 forward and of the
+    fp32 and int8 ONNX graphs, counted in FLOPs of the network's matrix products."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from mllm_protector import HarmDetector
+    from mllm_protector.config import PRETRAINED_DIR
+    from mllm_protector.detector import load_trainable
+    from mllm_protector.onnx_backend import GRAPHS
+
+    model, _, _ = load_trainable(PRETRAINED_DIR / "detector-default")
+    plain = model.merge_and_unload().eval()
+    cfg, length = plain.config, 128
+    hidden, inner, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    flops = layers * (2 * length * hidden * (4 * hidden + 2 * inner) + 4 * length * length * hidden)  # per window
+    out: dict[str, Any] = {"window_gflop": flops / 1e9}
+    for name, op in (("fp32", "MatMul"), ("int8", "MatMulInteger")):
+        session, feed = _gemm_session(op, 8 * length, hidden, inner)
+        out[f"peak_{name}_gflops"] = 2 * 8 * length * hidden * inner / _cpu_seconds(lambda s=session, f=feed: s.run(None, f), 30) / 1e9
+    ids = torch.randint(1000, 20000, (1, length))
+    ids[0, 0], ids[0, -1] = 101, 102
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            rate = {"plain torch fp32": 1 / _cpu_seconds(lambda: plain(input_ids=ids, attention_mask=torch.ones_like(ids)), windows)}
+    finally:
+        torch.set_num_threads(threads)
+    HarmDetector.from_pretrained("default", backend="onnx")  # makes the export when it is missing
+    export = PRETRAINED_DIR / "detector-default" / "onnx"
+    for name, backend in (("onnx fp32", "onnx"), ("onnx int8", "onnx-int8")):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(export / GRAPHS[backend]), options, providers=["CPUExecutionProvider"])
+        feed = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
+        rate[name] = 1 / _cpu_seconds(lambda s=session, f=feed: s.run(None, f), windows)
+    out["windows_per_cpu_s"] = rate
+    out["fraction_of_peak"] = {name: r * flops / 1e9 / out["peak_int8_gflops" if "int8" in name else "peak_fp32_gflops"]
+                               for name, r in rate.items()}
+    return out
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every figure, in the order of the module docstring; prints each as it is measured."""
     result: dict[str, Any] = {"machine": machine(), "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -256,7 +335,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                          ("detector", lambda: detector_figures(args.n_detector, args.batch, args.seed)),
                          ("cli_score", lambda: cli_score(args.n_score, args.seed, work)),
                          ("proxy", lambda: proxy_figures(args.clients, args.requests)),
-                         ("detox", lambda: detox_figures(args.n_detox, args.seed))):
+                         ("detox", lambda: detox_figures(args.n_detox, args.seed)),
+                         ("ceiling", lambda: ceiling_figures(args.n_ceiling))):
             t0 = time.perf_counter()
             result[name] = fn()
             result[name]["took_s"] = time.perf_counter() - t0
@@ -298,6 +378,22 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def ceiling_lines(c: dict[str, Any]) -> list[str]:
+    """The ceiling figures as a table, with the largest speed-up over plain torch fp32 each precision allows."""
+    rate, share = c["windows_per_cpu_s"], c["fraction_of_peak"]
+    lines = [f"\nCeiling (one thread, CPU seconds, so other load does not skew it): GEMM peak on the detector's "
+             f"feed-forward shape {_f(c['peak_fp32_gflops'])} GFLOP/s fp32, {_f(c['peak_int8_gflops'])} GOP/s int8; "
+             f"a 128-token window is {c['window_gflop']:.2f} GFLOP of matrix products.\n",
+             "| path | windows per CPU second | × plain torch | fraction of the peak of its precision |", "|---|---|---|---|"]
+    for name, value in rate.items():
+        lines.append(f"| {name} | {_f(value)} | {_f(value / rate['plain torch fp32'], 2)} | {share[name]:.0%} |")
+    torch_gflops = rate["plain torch fp32"] * c["window_gflop"]
+    lines.append(f"\nAt the fp32 peak a path would be {_f(c['peak_fp32_gflops'] / torch_gflops, 2)}× plain torch; at the int8 peak "
+                 f"{_f(c['peak_int8_gflops'] / torch_gflops, 2)}×. A path whose scores stay within 1e-3 of fp32 (the `score` row) "
+                 "computes in fp32 and cannot pass the first bound on this CPU; int8 moves single scores by up to ~0.2.")
+    return lines
+
+
 def render(runs: list[Path], command: str) -> str:
     """A markdown table: one value column per run (e.g. before, after), with each run's in-run reference."""
     data = [json.loads(p.read_text()) for p in runs]
@@ -310,6 +406,9 @@ def render(runs: list[Path], command: str) -> str:
     if len(data) >= 2 and len(data[0]["cli_score"]["scores"]) == len(data[-1]["cli_score"]["scores"]):
         diff = max(abs(a - b) for a, b in zip(data[0]["cli_score"]["scores"], data[-1]["cli_score"]["scores"], strict=True))
         lines.append(f"\nLargest |score difference| between the first and last run on the `score` answers: {diff:.2e}.")
+    ceiling = next((r["ceiling"] for r in reversed(data) if "ceiling" in r), None)
+    if ceiling is not None:
+        lines += ceiling_lines(ceiling)
     lines.append("\nMachines:")
     for p, r in zip(runs, data, strict=True):
         m = r["machine"]
@@ -331,6 +430,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--n-ceiling", type=int, default=40, help="windows per path for the single-thread ceiling figures")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.render:

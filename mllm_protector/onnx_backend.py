@@ -15,7 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -183,19 +185,37 @@ def pad_windows(windows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.n
 
 class OnnxNetwork:
     """An exported detector network on ONNX Runtime: harm logits and, when it has a category head, each
-    window's category index (same contract as the torch network). A `lazy` one opens its graph on first use."""
+    window's category index (same contract as the torch network). A `lazy` one opens its graph on first use.
+
+    Every window runs alone (no padding): its score never depends on the windows it is scored with, which
+    matters for int8, whose activation scales are set per run. Several windows run side by side, one
+    single-threaded run per physical core (more throughput than padded batches on a multi-threaded session:
+    benchmarks/detector_backends.py); a lone window runs on all cores, for latency.
+    """
 
     def __init__(self, path: Path, pad_id: int, lazy: bool = False):
         self.path = path
         self.pad_id = pad_id
-        self._session: Any = None if lazy else self._open()
+        self.workers = physical_cores()
+        self._lock = threading.Lock()
+        self._sessions: dict[int, Any] = {}  # intra-op threads → session
+        self._pool: ThreadPoolExecutor | None = None
+        if not lazy:
+            self._session(self.workers)
 
-    def _open(self) -> Any:
-        """An inference session whose operators run one after another, each spread over the physical cores."""
+    def _session(self, threads: int) -> Any:
+        """The session whose operators use `threads` threads, opened on first use."""
+        with self._lock:
+            if threads not in self._sessions:
+                self._sessions[threads] = self._open(threads)
+            return self._sessions[threads]
+
+    def _open(self, threads: int) -> Any:
+        """An inference session whose operators run one after another, each on `threads` threads."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = physical_cores()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
@@ -203,14 +223,28 @@ class OnnxNetwork:
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
             raise ProtectorError(f"cannot load the ONNX graph {self.path} (delete its folder to re-export): {exc}") from exc
 
+    def _run(self, session: Any, window: list[int]) -> dict[str, np.ndarray]:
+        """Outputs of one window, by name."""
+        ids, mask = pad_windows([window], self.pad_id)
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(None, {"input_ids": ids, "attention_mask": mask}), strict=True))
+
     def __call__(self, windows: list[list[int]]) -> tuple[list[float], list[int] | None]:
-        if self._session is None:
-            self._session = self._open()
-        ids, mask = pad_windows(windows, self.pad_id)
-        names = [o.name for o in self._session.get_outputs()]
-        values = dict(zip(names, self._session.run(None, {"input_ids": ids, "attention_mask": mask}), strict=True))
-        categories = values.get("category_logits")
-        return values["logits"][:, 0].astype(float).tolist(), categories.argmax(-1).tolist() if categories is not None else None
+        if not windows:
+            return [], None
+        if len(windows) == 1 or self.workers == 1:
+            wide = self._session(self.workers)
+            outputs = [self._run(wide, w) for w in windows]
+        else:
+            narrow = self._session(1)
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-detector")
+            outputs = list(self._pool.map(lambda w: self._run(narrow, w), windows))
+        logits = [float(o["logits"][0, 0]) for o in outputs]
+        if "category_logits" not in outputs[0]:
+            return logits, None
+        return logits, [int(o["category_logits"][0].argmax()) for o in outputs]
 
 
 class OnnxTokenizer:

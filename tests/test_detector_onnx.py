@@ -93,6 +93,18 @@ def test_default_on_onnx_keeps_verdicts_and_categories(backend, torch_detector):
     assert expected[0].category is not None  # the harmful answer is flagged and named
 
 
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_an_answers_score_does_not_depend_on_the_batch(backend):
+    """int8 sets activation scales per run: each window runs alone, so the company it is scored in, its
+    padding and the batch size leave its score unchanged (exactly: the same single-threaded run)."""
+    detector = HarmDetector.from_pretrained("default", backend=backend)
+    together = detector.score(ANSWERS + [BENIGN[:40]], batch_size=8)
+    in_pairs = [s for i in range(0, len(ANSWERS), 2) for s in detector.score(ANSWERS[i : i + 2] + [LONG], batch_size=2)[:2]]
+    assert in_pairs == together[: len(ANSWERS)]
+    alone = [detector.score([answer])[0] for answer in (HARMFUL, BENIGN)]  # a lone window runs on all cores
+    assert alone == pytest.approx(together[:2], abs=1e-5)
+
+
 def test_probe_detector_on_onnx_scores_as_torch():
     folder = PRETRAINED_DIR / "input-guard-default"  # the shipped probe: frozen backbone, pooled layers, linear heads
     on_torch, on_onnx = (HarmDetector.from_pretrained(folder, backend=b) for b in ("torch", "onnx"))

@@ -84,4 +84,16 @@ def test_choose_threshold_respects_the_fpr_cap_on_the_masked_negatives():
     assert choose_threshold(labels, scores, max_fpr=0.0) > 0.85
     # counted only on the benign mask (the last two negatives), the 0.85 safe-but-unusual answer may be flagged
     benign = [False, False, False, False, False, True, True]
-    assert choose_threshold(labels, scores, max_fpr=0.0, fpr_mask=benign) == 0.3
+    assert 0.2 < choose_threshold(labels, scores, max_fpr=0.0, fpr_mask=benign) <= 0.3
+
+
+def test_choose_threshold_cuts_midway_between_scores_so_tiny_backend_differences_keep_the_verdicts():
+    from mllm_protector.eval.metrics import choose_threshold
+
+    labels = [1, 1, 0, 0]
+    scores = [0.9, 0.7, 0.5, 0.1]
+    t = choose_threshold(labels, scores, max_fpr=0.0)
+    assert t == 0.6  # midway between the top benign score and the lowest harmful one above it
+    # the same answers scored by a backend that differs by 1e-6 (ONNX fp32 vs torch) get the same verdicts
+    for shift in (-1e-6, 1e-6):
+        assert [s + shift >= t for s in scores] == [True, True, False, False]

@@ -70,8 +70,11 @@ def choose_threshold(
         return 0.5
     negatives = (y == 0) & (np.asarray(fpr_mask, dtype=bool) if fpr_mask is not None else True)
     best, best_any = (-1.0, 0.5), (-1.0, 0.5)
-    # every observed score, plus a value just above each negative one (so FPR 0 is reachable)
-    for t in np.unique(np.concatenate([s, np.nextafter(s[negatives], np.inf)])):
+    # Cut between neighbouring distinct scores, at the midpoint (not one ulp above a score): a backend whose
+    # scores differ by ~1e-7 (ONNX vs torch) then makes the same decisions. Plus "flag all" and "flag none".
+    distinct = np.unique(s)
+    cuts = np.concatenate([distinct[:1], (distinct[:-1] + distinct[1:]) / 2, np.nextafter(distinct[-1:], np.inf)])
+    for t in cuts:
         pred = s >= t
         tp, fp, fn = int(np.sum(pred & (y == 1))), int(np.sum(pred & (y == 0))), int(np.sum(~pred & (y == 1)))
         f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
