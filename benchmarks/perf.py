@@ -64,7 +64,7 @@ def machine() -> dict[str, Any]:
     facts: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
                              "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                             "loadavg_start": os.getloadavg()[0]}
+                             "loadavg_start": os.getloadavg()[0], "backend": os.environ.get("MLLM_PROTECTOR_BACKEND", "auto")}
     try:
         import onnxruntime
 
@@ -412,7 +412,8 @@ def render(runs: list[Path], command: str) -> str:
     lines.append("\nMachines:")
     for p, r in zip(runs, data, strict=True):
         m = r["machine"]
-        lines.append(f"- {p.stem}: {m['cpu']}, {m['cores']} cores visible, torch {m['torch']} ({m['torch_threads']} threads), "
+        lines.append(f"- {p.stem}: detector backend {m.get('backend', 'auto')}; {m['cpu']}, {m['cores']} cores visible, "
+                     f"torch {m['torch']} ({m['torch_threads']} threads), "
                      f"onnxruntime {m['onnxruntime']}, llama-cpp-python {m['llama_cpp']}, GPU {m['gpu']}; load average "
                      f"{m['loadavg_start']:.1f} → {m['loadavg_end']:.1f}")
     return "\n".join(lines) + "\n"
@@ -432,7 +433,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--n-ceiling", type=int, default=40, help="windows per path for the single-thread ceiling figures")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", help="MLLM_PROTECTOR_BACKEND for every figure, e.g. onnx-int8 (default: auto)")
     args = parser.parse_args()
+    if args.backend:
+        os.environ["MLLM_PROTECTOR_BACKEND"] = ENV["MLLM_PROTECTOR_BACKEND"] = args.backend
     if args.render:
         command = "python benchmarks/perf.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
         args.out.write_text(render(args.render, command))

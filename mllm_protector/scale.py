@@ -201,6 +201,26 @@ def run(job: str, spec: GuardSpec, source: str, target: str, options: RayOptions
             ray.shutdown()
 
 
+def score_labelled(spec: GuardSpec, source: str, target: Path, options: RayOptions, default_source: str) -> tuple[list[int], list[float], list[str]]:
+    """Score labelled answers (`response`, `label`[, `query`, `source`]) on Ray into the JSONL folder `target`
+    (which this machine must be able to read: local disk or a shared mount), then read back each answer's
+    label, score and source (rows without one get `default_source`) for the metrics."""
+    from .data.readers import parse_label
+
+    run("score", spec, source, str(target), options, overwrite=True)
+    labels, scores, sources = [], [], []
+    for shard in sorted(target.glob("*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            where = f"{source}, answer {_excerpt(str(row.get('response', '')))!r}"
+            if "label" not in row:
+                raise InputError(f"{where}: no `label` field (0/1, true/false, harmful/harmless or unsafe/safe)")
+            labels.append(parse_label(row["label"], where))
+            scores.append(float(row["score"]))
+            sources.append(str(row.get("source") or default_source))
+    return labels, scores, sources
+
+
 def _user_message(exc: BaseException, source: str) -> str | None:
     """One line for what the user can fix (a bad record or model name, unreadable input), else None. Ray appends
     retry advice to an exception's first argument, so only its first line is kept."""

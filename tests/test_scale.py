@@ -137,6 +137,24 @@ def test_protect_on_ray_equals_single_process(ray_runtime, tmp_path):
     assert_same(single, read_shards(tmp_path / "out"), ("text", "action", "harmful", "rounds", "category", "error"))
 
 
+def test_eval_detector_on_ray_gives_the_single_process_metrics(ray_runtime, tmp_path):
+    labelled = [{**r, "label": ("harmful" if r["id"] % 8 == 0 else 1) if r["id"] % 4 == 0 else 0,
+                 **({"source": "own"} if r["id"] % 2 else {})} for r in rows(40)]
+    src = write_jsonl(tmp_path / "labelled.jsonl", labelled)
+    invoke("eval", "detector", "--data", str(src), "-o", str(tmp_path / "single.json"))
+    invoke("eval", "detector", "--data", str(src), "-o", str(tmp_path / "ray.json"), "--ray", "local", "--workers", "2",
+           "--scores-dir", str(tmp_path / "scores"))
+    single, scaled = (json.loads((tmp_path / name).read_text()) for name in ("single.json", "ray.json"))
+    for key in ("n", "harmful", "auroc", "recall", "fpr"):
+        assert scaled["overall"][key] == pytest.approx(single["overall"][key], abs=1e-6), key
+    assert set(scaled["by_source"]) == set(single["by_source"]) == {"own", "labelled"}  # rows without one: the file's stem
+    assert len(read_shards(tmp_path / "scores")) == 40
+
+    write_jsonl(src, [{"response": BENIGN}])  # no label: one line, exit code 2
+    result = runner.invoke(app, ["eval", "detector", "--data", str(src), "--ray", "local", "--workers", "1"])
+    assert result.exit_code == 2 and "no `label` field" in " ".join(result.output.split())
+
+
 def test_driver_side_errors_are_one_line(ray_runtime, answers, tmp_path):
     src, _ = answers
     (tmp_path / "taken").mkdir()

@@ -510,7 +510,7 @@ def read_jsonl_examples(path: Path, source: str = "jsonl") -> list[Example]:
     examples, skipped = [], 0
     for where, row in _read_jsonl(Path(path)):
         response = _field(row, "response", str, where)
-        label = _parse_label(_field(row, "label", (int, str), where), where)
+        label = parse_label(_field(row, "label", (int, str), where), where)
         query = _optional(row, "query", where)
         row_source = _optional(row, "source", where) or source
         group = _optional(row, "group", where) or f"{row_source}:{_digest(query or response)}"
@@ -522,7 +522,8 @@ def read_jsonl_examples(path: Path, source: str = "jsonl") -> list[Example]:
     return examples
 
 
-def _parse_label(value: int | str, where: str) -> int:
+def parse_label(value: int | str, where: str) -> int:
+    """A harm label as 1 (harmful) or 0 (harmless) from 0/1, a bool or a word; a clear error otherwise."""
     if isinstance(value, bool) or value in (HARMFUL, HARMLESS):
         return int(value)
     if isinstance(value, str) and value.strip().lower() in _LABEL_WORDS:

@@ -154,6 +154,24 @@ def stored(
     err.print(f"report: {report_dir / 'eval_report.html'}" + (f" and {md}" if md else ""))
 
 
+def _score_on_ray(detector: str, data: Path, address: str, workers: int | None,
+                  scores_dir: Path | None) -> tuple[list[int], list[float], list[str]]:
+    """(labels, scores, sources) of labelled answers scored by an actor pool on Ray Data (`scale.py`)."""
+    import tempfile
+
+    try:
+        from ..scale import RayOptions, score_labelled
+    except ImportError as exc:
+        raise ProtectorError(f"--ray needs Ray Data ({exc}): pip install 'mllm-protector[scale]'") from None
+    from ..batch import GuardSpec
+
+    options, spec = RayOptions(address, workers), GuardSpec(detector)
+    if scores_dir is not None:
+        return score_labelled(spec, str(data), scores_dir, options, data.stem)
+    with tempfile.TemporaryDirectory(prefix="mllm-protector-scores-") as tmp:
+        return score_labelled(spec, str(data), Path(tmp) / "scores", options, data.stem)
+
+
 @app.command("detector")
 def detector_cmd(
     data: list[Path] = typer.Option([], "--data", help="Labelled JSONL (response, label[, query, source]); repeatable."),
@@ -163,29 +181,40 @@ def detector_cmd(
     detector: str = typer.Option("default", help="Saved detector folder or preset."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON here."),
     report_dir: Optional[Path] = typer.Option(None, help="Also write ROC and reliability PNGs here."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Score on Ray Data (`local`, `auto` or "
+                                      "`ray://HOST:10001`, as `score --ray`): one --data JSONL/Parquet file or folder."),
+    workers: Optional[int] = typer.Option(None, min=1, help="With --ray: actors, each holding its own detector."),
+    scores_dir: Optional[Path] = typer.Option(None, "--scores-dir", help="With --ray: folder for the scored shards "
+                                              "(readable from this machine; default: a temporary folder)."),
 ) -> None:
     """Detector metrics on labelled answers: AUROC, AUPRC, F1, threshold metrics, calibration, per source."""
     from ..data import load_corpus, read_jsonl_examples
     from ..detector import HarmDetector
-    from .detector_eval import evaluate_detector
+    from .detector_eval import evaluate_detector, evaluate_scores
     from .report import pct, plot_reliability, plot_roc, save_json
     from .stored import detector_split_args, validation_groups
 
     try:
-        if not data and not sources:
-            raise ProtectorError("give --data <labelled.jsonl> (repeatable) or --sources <names>")
-        examples = [e for path in data for e in read_jsonl_examples(path, source=path.stem)]
-        if sources:
-            examples += load_corpus(data_dir, sources.split(",")).examples
-        model = HarmDetector.from_pretrained(detector)
-        if split == "val":
-            groups = validation_groups(examples, *detector_split_args(model))
-            examples = [e for e in examples if e.group in groups]
-        elif split != "all":
-            raise ProtectorError(f"--split must be all or val, got {split!r}")
-        if not examples:
-            raise ProtectorError("no labelled examples to evaluate")
-        _, report = evaluate_detector(model, examples)
+        if ray is not None:
+            if len(data) != 1 or sources or split != "all":
+                raise ProtectorError("--ray scores one --data file or folder (JSONL or Parquet); --sources and --split val run without it")
+            model = HarmDetector.from_pretrained(detector)  # its threshold, and a clear error for a wrong name before Ray starts
+            report = evaluate_scores(*_score_on_ray(detector, data[0], ray, workers, scores_dir), model.threshold)
+        else:
+            if not data and not sources:
+                raise ProtectorError("give --data <labelled.jsonl> (repeatable) or --sources <names>")
+            examples = [e for path in data for e in read_jsonl_examples(path, source=path.stem)]
+            if sources:
+                examples += load_corpus(data_dir, sources.split(",")).examples
+            model = HarmDetector.from_pretrained(detector)
+            if split == "val":
+                groups = validation_groups(examples, *detector_split_args(model))
+                examples = [e for e in examples if e.group in groups]
+            elif split != "all":
+                raise ProtectorError(f"--split must be all or val, got {split!r}")
+            if not examples:
+                raise ProtectorError("no labelled examples to evaluate")
+            _, report = evaluate_detector(model, examples)
     except ProtectorError as exc:
         _fail(str(exc))
     o = report["overall"]
