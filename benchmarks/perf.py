@@ -133,9 +133,10 @@ def detector_figures(n: int, batch: int, seed: int) -> dict[str, Any]:
         ref += timed(forward, 1)
         ours += timed(lambda: detector.score(texts, batch_size=batch), 1)
     one = timed(lambda: detector.score([BENIGN]), 30)
+    twenty = timed(lambda: detector.score([f"{BENIGN} ({i})" for i in range(20)]), 10)  # what 20 clients ask at once
     return {"n": len(texts), "batch": batch, "tokens": int(encoded["input_ids"].shape[1]),
             "plain_torch_per_s": len(texts) / min(ref), "score_per_s": len(texts) / min(ours),
-            "one_short_ms_p50": 1000 * statistics.median(one)}
+            "one_short_ms_p50": 1000 * statistics.median(one), "twenty_short_ms_p50": 1000 * statistics.median(twenty)}
 
 
 # --- 2. CLI score on real answers ------------------------------------------------------------------
@@ -367,7 +368,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("proxy, one short benign answer, no load: added latency p50 ms",
          _f(proxy["one_p50_ms"] - direct["one_p50_ms"]), f"direct {_f(direct['one_p50_ms'])} ms; detector alone {_f(d['one_short_ms_p50'])} ms"),
         (f"proxy, {p['clients']} concurrent clients, non-streaming: p50 / p95 ms",
-         f"{_f(proxy['many_p50_ms'], 0)} / {_f(proxy['many_p95_ms'], 0)}", f"direct {_f(direct['many_p50_ms'], 0)} / {_f(direct['many_p95_ms'], 0)}"),
+         f"{_f(proxy['many_p50_ms'], 0)} / {_f(proxy['many_p95_ms'], 0)}", f"direct {_f(direct['many_p50_ms'], 0)} / {_f(direct['many_p95_ms'], 0)}"
+         + (f"; detector alone on {p['clients']} answers {_f(d['twenty_short_ms_p50'], 0)} ms" if "twenty_short_ms_p50" in d else "")),
         (f"streaming, {p['clients']} concurrent clients: time to first content p50 ms",
          _f(proxy["stream_first_p50_ms"], 0), f"direct {_f(direct['stream_first_p50_ms'], 0)}"),
         ("detoxification of one harmful answer (default local detoxifier): mean / p50 / p95 s",
