@@ -12,7 +12,7 @@
 * ASR on stored answers (FigStep/Qwen2.5-VL, MM-SafetyBench/Gemini) with the output guard alone (policy
   `off`) and with the input guard in `flag` and `block` mode; flagged answers go to the refusal detoxifier.
 
-Usage: HF_HUB_OFFLINE=1 python benchmarks/input_guard.py [--model default] [--typo tiny|all] [--holdout-model DIR]
+Usage: HF_HUB_OFFLINE=1 python benchmarks/input_guard.py [--model default] [--typo tiny|all] [--holdout-model DIR] [--compare-model NAME]
 """
 
 from __future__ import annotations
@@ -290,6 +290,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="Request classifier: preset or folder.")
     parser.add_argument("--holdout-model", default=None, help="Also measure a classifier trained without FigStep and MM-SafetyBench.")
+    parser.add_argument("--compare-model", action="append", default=[], help="Also measure this classifier on the same OCR text (repeatable).")
     parser.add_argument("--typo", choices=("tiny", "all"), default="tiny", help="MM-SafetyBench TYPO items: the tiny list (168) or all 1,680.")
     parser.add_argument("--figstep", type=int, default=500, help="FigStep SafeBench images (a seeded sample when under 500).")
     parser.add_argument("--benign-images", type=int, default=100, help="FigStep-style and TYPO-style benign renderings, each.")
@@ -304,9 +305,9 @@ def main() -> None:
     Path("runs").mkdir(exist_ok=True)
     Path("runs/input_guard_rows.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     results[args.model] = report(protector, rows, meta["keys"], root, asr=True)
-    if args.holdout_model:
-        holdout = guard_for(args.holdout_model)
-        results[args.holdout_model] = report(holdout, rescore(holdout, rows), meta["keys"], root, asr=False)
+    for other in [*args.compare_model, *([args.holdout_model] if args.holdout_model else [])]:
+        guard = guard_for(other)
+        results[other] = report(guard, rescore(guard, rows), meta["keys"], root, asr=False)
     command = " ".join(["HF_HUB_OFFLINE=1 python benchmarks/input_guard.py", shlex.join(sys.argv[1:])]).strip()
     args.out.write_text(markdown(results, command))
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, **results}, indent=2, default=float) + "\n")

@@ -1,8 +1,8 @@
 """Input guard: read the text in a request's image and score the request before the MLLM answers.
 
 Typographic jailbreaks put the harmful request in the image and ask an innocent question about it; the
-output guard sees only the answer. Here a request classifier (a probe detector trained on requests,
-`mllm-protector train input-guard`) scores the user's text, the OCR text, and both together (marked,
+output guard sees only the answer. Here a request classifier (a detector trained on requests,
+`mllm-protector train input-guard`: the `default` probe or the `finetune` LoRA preset) scores the user's text, the OCR text, and both together (marked,
 `compose_request`); the request's score is the highest, since either part may carry the request. This module reads and scores; the Protector decides (threshold,
 failure policy) and applies the policy: `off`, `flag` or `block`.
 """
@@ -22,7 +22,7 @@ from .ocr import ImageLimits, ImageReader, ImageSource
 InputPolicy = Literal["off", "flag", "block"]
 POLICIES: tuple[str, ...] = ("off", "flag", "block")
 #: Shipped request classifiers: short names for folders under `mllm_protector/pretrained/`.
-PRESETS = {"default": "input-guard-default"}
+PRESETS = {"default": "input-guard-default", "finetune": "input-guard-finetune"}
 
 
 @dataclass

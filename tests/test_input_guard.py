@@ -274,3 +274,52 @@ def test_cli_protect_with_the_input_guard(tmp_path):
         assert done[0]["input_harmful"] and not done[1]["input_harmful"]
     bad = runner.invoke(app, ["protect", "-i", str(src), "-o", str(tmp_path / "x.jsonl"), "--input-guard", "strict"])
     assert bad.exit_code == 2 and "--input-guard" in bad.output
+
+
+# --- the request classifier's training data ---------------------------------------------------------------
+
+def _norm(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def test_own_benign_training_rows_are_not_the_evaluation_sets():
+    """The benign rows written for training (`data.benign_phrases`) share no text with the held-out evaluation sets."""
+    from mllm_protector.data.benign_phrases import image_text_phrases, own_image_text, own_scary, scary_requests
+
+    root = Path(__file__).parents[1]
+    images = [json.loads(line) for line in (root / "benchmarks" / "fixtures" / "benign_text_images.jsonl").read_text().splitlines() if line.strip()]
+    held_out = {_norm(line) for line in (root / "tests" / "fixtures" / "benign_scary_requests.txt").read_text().splitlines() if line.strip()}
+    held_out |= {_norm(r["text"].replace(" | ", " ")) for r in images} | {_norm(r["query"]) for r in images}
+    ours = image_text_phrases() + scary_requests()
+    assert len(ours) > 500 and not {_norm(t) for t in ours} & held_out
+    rows = own_image_text() + own_scary()
+    assert {r.label for r in rows} == {0} and {r.source for r in rows} == {"own_image_text", "own_scary"}
+
+
+def test_image_forms_keep_label_source_and_group():
+    from mllm_protector.data.records import Example
+    from mllm_protector.train.request_finetune import TYPO_SUFFIX, with_image_forms
+
+    rows = [Example(f"request {i}", i % 2, None, "src", f"g{i}", None, {}) for i in range(200)]
+    out = with_image_forms(rows, seed=0, share=0.5)
+    assert out[:200] == rows and len(out) > 300
+    by_group = {r.group: r for r in rows}
+    for extra in out[200:]:
+        original = by_group[extra.group]
+        assert (extra.label, extra.source) == (original.label, original.source)
+        assert extra.response in (original.response + TYPO_SUFFIX,) or extra.response.endswith(f"[Text in the image]: {original.response}")
+
+
+def test_train_input_guard_rejects_an_unknown_method(tmp_path):
+    result = runner.invoke(app, ["train", "input-guard", "-o", str(tmp_path / "m"), "--method", "svm"])
+    assert result.exit_code == 2 and "--method" in result.output
+
+
+def test_finetune_preset_loads_through_the_input_guard():
+    """The LoRA request classifier ships as the `finetune` preset, loads as the default does (ONNX export included)
+    and names a category for what it flags."""
+    guard = InputGuard.from_pretrained("finetune")
+    assert guard.classifier.config.kind == "classifier" and guard.classifier.config.lora
+    attack = guard.score(FIGSTEP_PROMPT, ATTACK)
+    assert attack.detection.score >= guard.threshold and attack.detection.category is not None
+    assert guard.score("What time does the museum open on Sundays?", "").detection.score < guard.threshold

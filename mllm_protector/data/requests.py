@@ -6,7 +6,8 @@ questions and instructions, VLGuard unsafe instructions, Safety-Tuned LLaMAs' ha
 JailbreakBench's harmful behaviours. Benign: benign instructions, JailbreakBench benign behaviours,
 Vicuna-80, LLaVA-Bench (COCO, in the wild), VLGuard safe instructions, MM-Vet, Safety-Tuned LLaMAs' Alpaca
 instructions, the benign instructions asked as questions, and the attacks' own text prompts (FigStep's, MM-SafetyBench's generic rephrased questions),
-which are harmless without their image. The guard scores the user's text, the image text and both together
+which are harmless without their image. Our own benign rows (`benign_phrases`): text as it appears in
+images (signs, labels, menus, slides, notes) and benign requests with scary words. The guard scores the user's text, the image text and both together
 (`input_guard`), so the key phrase or instruction a typographic attack puts in the image is taught as a
 request of its own. A fixed share of the benign instructions (`EVAL_FRACTION` by group hash) is never
 trained on: the evaluation renders them.
@@ -21,6 +22,7 @@ from typing import Any
 
 from ..categories import category_from_question, training_category
 from ..eval.benchmarks import FIGSTEP_PROMPT
+from .benign_phrases import own_image_text, own_scary
 from .readers import _digest, _expect, _field, _json_list, _read_csv, _read_json, _read_jsonl
 from .records import HARMFUL, HARMLESS, Example
 from .splits import group_bucket
@@ -179,6 +181,7 @@ READERS: dict[str, Callable[[Path], list[Example]]] = {
     "harmbench": _harmbench, "mmsb": _mmsb, "figstep": _figstep, "vlguard": _vlguard, "jailbreakbench": _jailbreakbench,
     "stl": _stl, "benign_instructions": lambda root: [e for e in benign_instructions(root) if not e.meta["held_out"]],
     "benign_questions": _benign_questions, "attack_templates": _templates, "vicuna80": _vicuna, "llava": _llava, "mm_vet": _mm_vet,
+    "own_image_text": lambda root: own_image_text(), "own_scary": lambda root: own_scary(),
 }
 #: Sources whose own category field maps through `categories.training_category` under another name.
 _CATEGORY_TABLE = {"mmsb": "mmsb_gemini", "figstep": "figstep_qwen", "jailbreakbench": "jailbreakbench"}

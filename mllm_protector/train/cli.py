@@ -148,28 +148,48 @@ def probe_command(
 @app.command("input-guard")
 def input_guard_command(
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder to save the request classifier in."),
-    features: Path = typer.Option(Path("runs/input_guard"), help="Feature cache folder (built here when missing)."),
-    backbone: str = FROZEN_BACKBONE,
+    method: str = typer.Option("probe", help="probe (frozen backbone + linear heads; the shipped default) | finetune (LoRA on the backbone + 1-output head; the `finetune` preset)."),
+    features: Path = typer.Option(Path("runs/input_guard"), help="probe: feature cache folder (built here when missing)."),
+    backbone: str = typer.Option("minilm-l6", help="Backbone: alias, local path or hub id."),
     data_dir_: Optional[Path] = DATA_DIR,
-    cap: int = typer.Option(2500, help="At most this many requests per (source, label), by whole groups."),
+    cap: Optional[int] = typer.Option(None, help="At most this many requests per (source, label), by whole groups (default: probe 2500, finetune 1000)."),
     max_fpr: float = typer.Option(0.02, help="False-positive budget on held-out benign requests that sets the threshold."),
     exclude: list[str] = typer.Option([], "--exclude", help="Source family left out of training (repeatable), e.g. figstep."),
+    learning_rate: list[float] = typer.Option([5e-4, 1e-3, 2e-3], "--learning-rate", help="finetune: rate(s) compared leave-sources-out (repeatable)."),
+    epochs: float = typer.Option(1.0, help="finetune: epochs."),
+    max_length: int = typer.Option(64, help="finetune: tokens per training window (requests are short)."),
+    batch_size: int = typer.Option(16, help="finetune: batch size."),
+    lora_r: int = typer.Option(8, help="finetune: LoRA rank."),
+    folds: int = typer.Option(2, help="finetune: folds of source families held out in turn (0: no leave-sources-out table)."),
     seed: int = 0,
 ) -> None:
-    """Train the input guard's request classifier (probe on requests): c chosen leave-sources-out, the threshold on held-out questions."""
-    from ..train.request_probe import VARIANT, build_request_cache, model_card, train_request_probe
+    """Train the input guard's request classifier on requests: a LoRA fine-tune (learning rate chosen leave-sources-out,
+    threshold on held-out groups) or a probe (c chosen leave-sources-out, threshold on held-out questions)."""
+    if method not in ("finetune", "probe"):
+        raise typer.BadParameter(f"--method must be finetune or probe, got {method!r}")
+    if method == "finetune":
+        from ..train.request_finetune import finetune_model_card, train_request_finetune
 
-    _check_cache(features, backbone)
-    if not (features / f"feat_{VARIANT}.npy").is_file():
-        build_request_cache(data_dir(data_dir_), features, cap, seed, backbone)
-    detector_model, report = train_request_probe(features, max_fpr, exclude)
-    detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
+        detector_model, report = train_request_finetune(
+            data_dir(data_dir_), tuple(learning_rate), epochs, max_length, batch_size, lora_r,
+            1000 if cap is None else cap, max_fpr, exclude, folds, seed, backbone)
+        detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
+        card = finetune_model_card
+    else:
+        from ..train.request_probe import VARIANT, build_request_cache, model_card, train_request_probe
+
+        _check_cache(features, backbone)
+        if not (features / f"feat_{VARIANT}.npy").is_file():
+            build_request_cache(data_dir(data_dir_), features, 2500 if cap is None else cap, seed, backbone)
+        detector_model, report = train_request_probe(features, max_fpr, exclude)
+        detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
+        card = model_card
     detector_model.save_pretrained(output_dir)
-    (output_dir / "README.md").write_text(model_card(detector_model.config))
+    (output_dir / "README.md").write_text(card(detector_model.config))
     (output_dir / "training_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     loso = report["loso"]
-    typer.echo(json.dumps({k: loso[k] for k in ("c", "threshold", "heldout_macro_recall", "heldout_benign_fpr", "pooled_auroc")},
-                          indent=2, default=float))
+    typer.echo(json.dumps({k: loso[k] for k in ("c", "learning_rate", "threshold", "heldout_macro_recall", "heldout_benign_fpr", "pooled_auroc")
+                           if k in loso}, indent=2, default=float))
 
 
 @app.command("categories")

@@ -73,12 +73,12 @@ def choose_threshold(data: Data, probs: np.ndarray, max_fpr: float, keep: np.nda
     return best[1], best[0]
 
 
-def loso_table(data: Data, probs: np.ndarray, threshold: float) -> dict[str, dict[str, Any]]:
+def loso_table(families: np.ndarray, labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, dict[str, Any]]:
     """Per held-out family: rows of each label, recall (harmful rows), FPR (benign rows), AUROC (both labels)."""
     table = {}
-    for fam in sorted(set(data.families)):
-        idx = np.flatnonzero(data.families == fam)
-        y, p = data.labels[idx], probs[idx]
+    for fam in sorted(set(families)):
+        idx = np.flatnonzero(families == fam)
+        y, p = labels[idx], probs[idx]
         row: dict[str, Any] = {"harmful": int(y.sum()), "benign": int((1 - y).sum())}
         if y.any():
             row["recall"] = float((p[y == 1] >= threshold).mean())
@@ -117,8 +117,8 @@ def train_request_probe(cache: Path, max_fpr: float = 0.02, exclude: Sequence[st
     loso = {"c": c, "folds": FOLDS, "excluded": list(exclude), "threshold": threshold, "max_fpr": max_fpr,
             "heldout_macro_recall": recall, "heldout_benign_fpr": float((held[benign] >= threshold).mean()),
             "heldout_auroc": auroc(data.labels[keep], held[keep]), "pooled_auroc": runs[c]["auroc"],
-            "by_family": loso_table(data, runs[c]["probs"], threshold),
-            "heldout_by_source": loso_table(data, held, threshold),
+            "by_family": loso_table(data.families, data.labels, runs[c]["probs"], threshold),
+            "heldout_by_source": loso_table(data.families, data.labels, held, threshold),
             "c_grid": {str(k): v["auroc"] for k, v in runs.items()}}
     config = DetectorConfig(backbone=backbone, threshold=threshold, max_length=max_length, stride=stride,
                             input_format="response", lora=False, kind="probe", layers=layers, categories=names, combine="max")
@@ -140,6 +140,7 @@ LICENCES = {
     "jailbreakbench": "MIT", "stl_harmful": "CC BY-NC 4.0", "stl_alpaca": "CC BY-NC 4.0",
     "benign_instructions": "derived from Alpaca, CC BY-NC 4.0", "benign_questions": "derived from Alpaca, CC BY-NC 4.0", "attack_templates": "FigStep MIT; MM-SafetyBench CC BY-NC 4.0", "vicuna80": "Apache-2.0",
     "llava": "Apache-2.0 code; GPT-4 text under OpenAI terms", "mm_vet": "research use",
+    "own_image_text": "written for this project (`data.benign_phrases`)", "own_scary": "written for this project (`data.benign_phrases`)",
 }
 
 
@@ -161,15 +162,11 @@ def model_card(config: DetectorConfig) -> str:
              + (f" Families left out of training: {', '.join(loso['excluded'])}." if loso.get("excluded") else ""), "",
              "## Held-out questions of the training sources (threshold above)", "",
              "| source | harmful | benign | recall | FPR |", "|---|---|---|---|---|"]
-    for fam, row in loso["heldout_by_source"].items():
-        cells = [f"{row[k]:.3f}" if k in row else "–" for k in ("recall", "fpr")]
-        lines.append(f"| {fam} | {row['harmful']} | {row['benign']} | {' | '.join(cells)} |")
+    lines += table_lines(loso["heldout_by_source"], ("recall", "fpr"))
     lines += ["", f"## Leave-sources-out ({loso['folds']} folds of source families; each family scored by a head trained "
               "without its fold, same threshold): what a source never seen in training meets", "",
               "| family | harmful | benign | recall | FPR | AUROC |", "|---|---|---|---|---|---|"]
-    for fam, row in loso["by_family"].items():
-        cells = [f"{row[k]:.3f}" if k in row else "–" for k in ("recall", "fpr", "auroc")]
-        lines.append(f"| {fam} | {row['harmful']} | {row['benign']} | {' | '.join(cells)} |")
+    lines += table_lines(loso["by_family"])
     lines += ["", "## Training data and licences", "",
               "Rows per source (harmful / harmless) after sampling (at most 2,500 per source and label, by whole "
               "question groups). MM-SafetyBench rows are its questions and their key phrases (what a TYPO image "
@@ -177,8 +174,18 @@ def model_card(config: DetectorConfig) -> str:
               "are the attacks' own text prompts, harmless without the image. A fifth of the benign instructions "
               "(by group hash) is held out for the evaluation and never trained on.", "",
               "| source | harmful | harmless | licence |", "|---|---|---|---|"]
-    for source, counts in training["by_source"].items():
-        lines.append(f"| {source} | {counts['harmful']} | {counts['harmless']} | {LICENCES.get(source, 'see its MANIFEST')} |")
-    lines += ["", "Several sets are CC BY-NC 4.0 or research-only: **this classifier is for research / non-commercial "
-              "use**. Retrain on your own data (`mllm-protector train input-guard`) for commercial use.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + licence_lines(training["by_source"]))
+
+
+def table_lines(table: dict[str, dict[str, Any]], keys: tuple[str, ...] = ("recall", "fpr", "auroc")) -> list[str]:
+    """Markdown rows of a `loso_table`: family, rows of each label, then `keys` (– where absent)."""
+    return [f"| {fam} | {row['harmful']} | {row['benign']} | " + " | ".join(f"{row[k]:.3f}" if k in row else "–" for k in keys) + " |"
+            for fam, row in table.items()]
+
+
+def licence_lines(by_source: dict[str, dict[str, int]]) -> list[str]:
+    """Model-card rows per training source (harmful / harmless / licence) and the non-commercial notice."""
+    lines = [f"| {source} | {counts['harmful']} | {counts['harmless']} | {LICENCES.get(source, 'see its MANIFEST')} |"
+             for source, counts in by_source.items()]
+    return lines + ["", "Several sets are CC BY-NC 4.0 or research-only: **this classifier is for research / non-commercial "
+                    "use**. Retrain on your own data (`mllm-protector train input-guard`) for commercial use.", ""]
