@@ -337,7 +337,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                          ("cli_score", lambda: cli_score(args.n_score, args.seed, work)),
                          ("proxy", lambda: proxy_figures(args.clients, args.requests)),
                          ("detox", lambda: detox_figures(args.n_detox, args.seed)),
-                         ("ceiling", lambda: ceiling_figures(args.n_ceiling))):
+                         *([("ceiling", lambda: ceiling_figures(args.n_ceiling))] if args.n_ceiling else [])):
             t0 = time.perf_counter()
             result[name] = fn()
             result[name]["took_s"] = time.perf_counter() - t0
@@ -363,8 +363,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("`HarmDetector.score`, 128-token answers, batch 256: answers/s",
          f"{_f(d['score_per_s'])} ({_f(d['score_per_s'] / d['plain_torch_per_s'], 2)}× plain torch)",
          f"plain torch fp32 forward {_f(d['plain_torch_per_s'])}/s"),
-        (f"`mllm-protector score`, {c['n']} real answers (mean {c['mean_chars']:.0f} chars): wall s",
-         _f(c["wall_s"]), f"{_f(c['n'] / c['wall_s'])} answers/s"),
+        ("`mllm-protector score` on real answers: wall s",
+         _f(c["wall_s"]), f"{c['n']} answers (mean {c['mean_chars']:.0f} chars): {_f(c['n'] / c['wall_s'])} answers/s"),
         ("proxy, one short benign answer, no load: added latency p50 ms",
          _f(proxy["one_p50_ms"] - direct["one_p50_ms"]), f"direct {_f(direct['one_p50_ms'])} ms; detector alone {_f(d['one_short_ms_p50'])} ms"),
         (f"proxy, {p['clients']} concurrent clients, non-streaming: p50 / p95 ms",
@@ -405,9 +405,11 @@ def render(runs: list[Path], command: str) -> str:
              head, "|---|---|" + "---|---|" * len(runs)]
     for i, (figure, _, _) in enumerate(table[0]):
         lines.append(f"| {figure} | {GOALS[i]} | " + " | ".join(f"{t[i][1]} | {t[i][2]}" for t in table) + " |")
-    if len(data) >= 2 and len(data[0]["cli_score"]["scores"]) == len(data[-1]["cli_score"]["scores"]):
-        diff = max(abs(a - b) for a, b in zip(data[0]["cli_score"]["scores"], data[-1]["cli_score"]["scores"], strict=True))
-        lines.append(f"\nLargest |score difference| between the first and last run on the `score` answers: {diff:.2e}.")
+    first = data[0]["cli_score"]["scores"]
+    for p, r in list(zip(runs, data, strict=True))[1:]:
+        if len(r["cli_score"]["scores"]) == len(first):
+            diff = max(abs(a - b) for a, b in zip(first, r["cli_score"]["scores"], strict=True))
+            lines.append(f"\nLargest |score difference| of {p.stem} from {runs[0].stem} on the `score` answers: {diff:.2e}.")
     ceiling = next((r["ceiling"] for r in reversed(data) if "ceiling" in r), None)
     if ceiling is not None:
         lines += ceiling_lines(ceiling)
@@ -433,7 +435,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--n-ceiling", type=int, default=40, help="windows per path for the single-thread ceiling figures")
+    parser.add_argument("--n-ceiling", type=int, default=40, help="windows per path for the single-thread ceiling figures (0: skip them, e.g. on a checkout without the ONNX backend)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", help="MLLM_PROTECTOR_BACKEND for every figure, e.g. onnx-int8 (default: auto)")
     args = parser.parse_args()
