@@ -173,7 +173,6 @@ def input_guard_command(
         detector_model, report = train_request_finetune(
             data_dir(data_dir_), tuple(learning_rate), epochs, max_length, batch_size, lora_r,
             1000 if cap is None else cap, max_fpr, exclude, folds, seed, backbone)
-        detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
         card = finetune_model_card
     else:
         from ..train.request_probe import VARIANT, build_request_cache, model_card, train_request_probe
@@ -182,8 +181,8 @@ def input_guard_command(
         if not (features / f"feat_{VARIANT}.npy").is_file():
             build_request_cache(data_dir(data_dir_), features, 2500 if cap is None else cap, seed, backbone)
         detector_model, report = train_request_probe(features, max_fpr, exclude)
-        detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
         card = model_card
+    detector_model.config.training["command"] = "mllm-protector " + shlex.join(sys.argv[1:])
     detector_model.save_pretrained(output_dir)
     (output_dir / "README.md").write_text(card(detector_model.config))
     (output_dir / "training_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

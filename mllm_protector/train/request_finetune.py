@@ -77,10 +77,6 @@ def finetune_args(output_dir: Path, learning_rate: float, epochs: float, max_len
         logging_steps=50, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, train_sampling_strategy="group_by_length")
 
 
-def _fit(train: Sequence[Example], args: DetectorTrainingArguments, validation: Sequence[Example] = ()) -> tuple[HarmDetector, dict[str, Any]]:
-    return train_detector(args, train, validation=validation)
-
-
 def loso_scores(train: Sequence[Example], args: DetectorTrainingArguments, folds: int, seed: int) -> np.ndarray:
     """P(harmful) of every row of `train`, each from a model trained without its fold of source families."""
     families = [family_of(e.source) for e in train]
@@ -92,7 +88,7 @@ def loso_scores(train: Sequence[Example], args: DetectorTrainingArguments, folds
         idx = np.flatnonzero(held == k)
         logger.info("fold %d/%d: %d training rows, %d held out (%s)", k + 1, folds, len(rest), len(idx),
                     ", ".join(sorted({families[i] for i in idx})))
-        model, _ = _fit(with_image_forms(rest, seed), args)
+        model, _ = train_detector(args, with_image_forms(rest, seed))
         out[idx] = model.score([train[int(i)].response for i in idx])
     return out
 
@@ -117,7 +113,7 @@ def train_request_finetune(root: Path, learning_rates: Sequence[float] = (5e-4, 
             logger.info("learning rate %g: leave-sources-out AUROC %.4f", lr, runs[lr]["auroc"])
         lr = max(runs, key=lambda k: runs[k]["auroc"]) if folds > 1 else learning_rates[0]
         args = finetune_args(Path(tmp), lr, epochs, max_length, batch_size, lora_r, max_fpr, seed, backbone)
-        detector, report = _fit(with_image_forms(train, seed), args, with_image_forms(val, seed + 1))
+        detector, report = train_detector(args, with_image_forms(train, seed), validation=with_image_forms(val, seed + 1))
     threshold = detector.threshold
     loso: dict[str, Any] = {"folds": folds, "excluded": list(exclude), "learning_rate": lr, "threshold": threshold,
                             "max_fpr": max_fpr, "lr_grid": {str(k): v["auroc"] for k, v in runs.items()}}
@@ -136,7 +132,6 @@ def train_request_finetune(root: Path, learning_rates: Sequence[float] = (5e-4, 
         "form_share": FORM_SHARE, "cap": cap})
     return detector, {"loso": loso, "train": {k: v for k, v in report.items() if k != "validation"},
                       "validation": report.get("validation", {}), "wall_s": time.time() - t0}
-
 
 
 def finetune_model_card(config: DetectorConfig) -> str:
