@@ -191,8 +191,36 @@ async def _load(url: str, clients: int, requests: int, stream: bool) -> tuple[li
     return firsts, totals
 
 
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process, and by this one (the load generator)."""
+    import psutil
+
+    def used(proc: psutil.Process) -> float:
+        return sum(proc.cpu_times()[:2]) + sum(sum(c.cpu_times()[:2]) for c in proc.children(recursive=True))
+
+    return {**{name: used(psutil.Process(pid)) for name, pid in pids.items()}, "clients": time.process_time()}
+
+
+def _loaded(url: str, clients: int, requests: int, stream: bool, pids: dict[str, int]) -> dict[str, Any]:
+    """One closed-loop load phase with the CPU milliseconds per request of every process taking part.
+
+    Each client sends its next request when the last one is answered, so by Little's law the mean latency is
+    clients / throughput, and throughput is at most cores / (CPU seconds per request): the machine's bound on
+    the mean latency is clients × CPU per request / cores, whatever the scheduling."""
+    before = _cpu_s(pids)
+    firsts, totals = asyncio.run(_load(url, clients, requests, stream))
+    after = _cpu_s(pids)
+    n = len(totals)
+    cpu = {name: 1000 * (after[name] - before[name]) / n for name in after}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"n": n, "p50_ms": pct(totals, 50), "p95_ms": pct(totals, 95), "mean_ms": statistics.mean(totals),
+            "first_p50_ms": pct(firsts, 50), "first_mean_ms": statistics.mean(firsts), "cpu_ms_per_request": cpu,
+            "bound_mean_ms": clients * sum(cpu.values()) / cores, "cores": cores}
+
+
 def proxy_figures(clients: int, requests: int) -> dict[str, Any]:
-    """Latency of the upstream direct and through `mllm-protector serve`, one client and `clients` at once."""
+    """Latency of the upstream direct and through `mllm-protector serve`, one client and `clients` at once (with
+    each process's CPU per request under load, and the bound it puts on the mean latency)."""
     up_port, proxy_port = free_port(), free_port()
     direct, proxied = f"http://{LOOPBACK}:{up_port}/v1/chat/completions", f"http://{LOOPBACK}:{proxy_port}/v1/chat/completions"
     procs = [subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "proxy_load.py"), "_upstream", "--port", str(up_port)])]
@@ -204,11 +232,12 @@ def proxy_figures(clients: int, requests: int) -> dict[str, Any]:
         wait_ready(f"http://{LOOPBACK}:{proxy_port}/health", 300, procs[1])
         asyncio.run(_load(proxied, 4, 3, False))  # warm-up
         for name, url in (("direct", direct), ("proxy", proxied)):
+            pids = {"upstream": procs[0].pid, **({"proxy": procs[1].pid} if name == "proxy" else {})}
             _, one = asyncio.run(_load(url, 1, 30, False))
-            _, many = asyncio.run(_load(url, clients, requests, False))
-            first, _ = asyncio.run(_load(url, clients, requests, True))
-            out[name] = {"one_p50_ms": pct(one, 50), "many_p50_ms": pct(many, 50), "many_p95_ms": pct(many, 95),
-                         "stream_first_p50_ms": pct(first, 50)}
+            many = _loaded(url, clients, requests, False, pids)
+            streamed = _loaded(url, clients, requests, True, pids)
+            out[name] = {"one_p50_ms": pct(one, 50), "many_p50_ms": many["p50_ms"], "many_p95_ms": many["p95_ms"],
+                         "stream_first_p50_ms": streamed["first_p50_ms"], "many": many, "stream": streamed}
     finally:
         stop_processes(procs)
     return out
@@ -294,12 +323,18 @@ def ceiling_figures(windows: int) -> dict[str, Any]:
     from mllm_protector.detector import load_trainable
     from mllm_protector.onnx_backend import GRAPHS
 
-    model, _, _ = load_trainable(PRETRAINED_DIR / "detector-default")
+    model, tokenizer, _ = load_trainable(PRETRAINED_DIR / "detector-default")
     plain = model.merge_and_unload().eval()
     cfg, length = plain.config, 128
     hidden, inner, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    flops = layers * (2 * length * hidden * (4 * hidden + 2 * inner) + 4 * length * length * hidden)  # per window
-    out: dict[str, Any] = {"window_gflop": flops / 1e9}
+
+    def gemm_flops(tokens: int) -> int:
+        """FLOPs of the matrix products of one window of `tokens` tokens."""
+        return layers * (2 * tokens * hidden * (4 * hidden + 2 * inner) + 4 * tokens * tokens * hidden)
+
+    flops = gemm_flops(length)
+    short = len(tokenizer(BENIGN)["input_ids"])  # the proxy benchmark's answer
+    out: dict[str, Any] = {"window_gflop": flops / 1e9, "proxy_answer_tokens": short, "proxy_answer_gflop": gemm_flops(short) / 1e9}
     for name, op in (("fp32", "MatMul"), ("int8", "MatMulInteger")):
         session, feed = _gemm_session(op, 8 * length, hidden, inner)
         out[f"peak_{name}_gflops"] = 2 * 8 * length * hidden * inner / _cpu_seconds(lambda s=session, f=feed: s.run(None, f), 30) / 1e9
@@ -380,6 +415,39 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def load_lines(runs: list[Path], data: list[dict[str, Any]]) -> list[str]:
+    """Per run with CPU accounting: each process's CPU per request under the closed-loop load and the bound it
+    puts on the mean latency (clients × CPU per request / cores), beside the measured mean."""
+    lines = ["\nProxy under load: the clients send their next request when the last is answered (a closed loop), so the "
+             "mean latency is at least clients × CPU per request / cores (Little's law; the CPU is the bottleneck). "
+             "CPU ms per request by process (user + system), the bound from all of them and from the proxy alone (as if "
+             "the upstream and the clients ran elsewhere), and the measured mean:\n",
+             "| run | phase | proxy | upstream | clients | bound, all processes | bound, proxy alone | measured mean (p50; streaming: p50 of the first content) | share of the bound reached |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path, r in zip(runs, data, strict=True):
+        proxy = r["proxy"]["proxy"]
+        for phase, label, mean, p50 in (("many", "non-streaming", "mean_ms", "p50_ms"), ("stream", "streaming", "mean_ms", "first_p50_ms")):
+            if phase not in proxy:
+                continue
+            m = proxy[phase]
+            cpu, clients = m["cpu_ms_per_request"], r["proxy"]["clients"]
+            alone = clients * cpu["proxy"] / m["cores"]
+            lines.append(f"| {path.stem} | {label} | {_f(cpu['proxy'])} | {_f(cpu['upstream'])} | {_f(cpu['clients'])} | "
+                         f"{_f(m['bound_mean_ms'], 0)} | {_f(alone, 0)} | {_f(m[mean], 0)} ({_f(m[p50], 0)}) | "
+                         f"{m['bound_mean_ms'] / m[mean]:.0%} |")
+    ceiling = next((r["ceiling"] for r in reversed(data) if "proxy_answer_gflop" in r.get("ceiling", {})), None)
+    last = next((r["proxy"] for r in reversed(data) if "many" in r["proxy"]["proxy"]), None)
+    if ceiling is not None and last is not None:
+        clients, cores, gflop = last["clients"], last["proxy"]["many"]["cores"], ceiling["proxy_answer_gflop"]
+        at_peak = {p: 1000 * gflop / ceiling[f"peak_{p}_gflops"] for p in ("fp32", "int8")}
+        lines.append(f"\nThe detector's work on the proxy's answer ({ceiling['proxy_answer_tokens']} tokens, {gflop:.2f} GFLOP of "
+                     f"matrix products) takes {_f(at_peak['fp32'])} CPU ms at the fp32 GEMM peak ({_f(at_peak['int8'])} at the int8 "
+                     f"peak). So {clients} clients on {cores} cores cannot average under {_f(clients * at_peak['fp32'] / cores, 0)} ms "
+                     f"with fp32 scores ({_f(clients * at_peak['int8'] / cores, 0)} ms with int8), even with a kernel at the peak "
+                     "and nothing else on the machine.")
+    return lines if len(lines) > 3 else []
+
+
 def ceiling_lines(c: dict[str, Any]) -> list[str]:
     """The ceiling figures as a table, with the largest speed-up over plain torch fp32 each precision allows."""
     rate, share = c["windows_per_cpu_s"], c["fraction_of_peak"]
@@ -410,6 +478,7 @@ def render(runs: list[Path], command: str) -> str:
         if len(r["cli_score"]["scores"]) == len(first):
             diff = max(abs(a - b) for a, b in zip(first, r["cli_score"]["scores"], strict=True))
             lines.append(f"\nLargest |score difference| of {p.stem} from {runs[0].stem} on the `score` answers: {diff:.2e}.")
+    lines += load_lines(runs, data)
     ceiling = next((r["ceiling"] for r in reversed(data) if "ceiling" in r), None)
     if ceiling is not None:
         lines += ceiling_lines(ceiling)

@@ -375,8 +375,11 @@ class Protector:
 
     def check_window(self, query: str | None, approved: str, window: str) -> Verdict:
         """Judge one new stream window (`approved` is the partial answer the client already has)."""
-        alone, in_context = self.score([query, query], list(self.window_texts(approved, window)))
-        return self.decide_window(window, alone, in_context)
+        alone, in_context = self.window_texts(approved, window)
+        if in_context == alone:  # the first window: no answer before it, one score serves both checks
+            score = self.score([query], [alone])[0]
+            return self.decide_window(window, score, score)
+        return self.decide_window(window, *self.score([query, query], [alone, in_context]))
 
 
 def build_detoxifier(spec: str, model: str = "smollm2-135m-instruct", refusal: str | None = None,

@@ -143,6 +143,25 @@ def test_stream_window_is_judged_alone_and_in_context(detector):
     assert alone == "window" and len(in_context) <= guard.settings.context_chars + len("window")
 
 
+def test_the_first_stream_window_is_scored_once(detector, monkeypatch):
+    """With nothing approved yet, the window alone and in context are the same text: one detector call, not two."""
+    guard = Protector(detector, RefusalDetoxifier())
+    seen: list[list[str]] = []
+    real = detector.detect
+
+    def spy(texts, *args, **kwargs):
+        seen.append(list(texts))
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(detector, "detect", spy)
+    first = guard.check_window("q", "", BENIGN)
+    assert [len(t) for t in seen] == [1] and first.action == "pass"
+    assert first.score == guard.check_window("q", "", BENIGN).score
+    seen.clear()
+    guard.check_window("q", BENIGN, " And the next sentence.")
+    assert [len(t) for t in seen] == [2]
+
+
 def test_a_failed_detector_call_logs_one_line_without_traceback(detector, caplog):
     guard = Protector(detector, RefusalDetoxifier())
     with caplog.at_level("WARNING", logger="mllm_protector.protector"):

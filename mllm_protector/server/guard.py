@@ -242,7 +242,8 @@ class AsyncGuard:
     async def check_window(self, query: Optional[str], approved: str, window: str, owner: str = "") -> Verdict:
         """The Protector's verdict on one stream window, judged alone and after the approved answer."""
         alone, in_context = self.protector.window_texts(approved, window)
-        found = await self.score([(query, alone), (query, in_context)], owner)
+        found = await self.score([(query, alone)] + ([(query, in_context)] if in_context != alone else []), owner)
+        found = found * 2 if len(found) == 1 else found  # the first window: alone and in context are the same text
         alone_score, context_score = (d if isinstance(d, Failure) else d.score for d in found)
         verdict = self.protector.decide_window(window, alone_score, context_score)
         if verdict.action == "flagged":
