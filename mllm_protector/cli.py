@@ -125,12 +125,9 @@ def protect(
     gpus_per_worker: float = GPUS,
 ) -> None:
     """Check each line's `response` (with `query`, optional `image`) and write back the Verdict fields."""
-    from .categories import CATEGORIES
     from .input_guard import POLICIES
 
-    unknown = [c for c in allow_category if c not in CATEGORIES]
-    if unknown:
-        fail(f"unknown --allow-category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
+    _check_categories(allow_category)
     if input_guard not in POLICIES:
         fail(f"unknown --input-guard {input_guard!r}: choose from {', '.join(POLICIES)}")
     if input_guard != "off" and ray is not None:
@@ -204,6 +201,7 @@ def check_input(
     output: str = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
     model: str = typer.Option("default", "--model", help="Request classifier folder or the shipped preset `default`."),
     threshold: Optional[float] = typer.Option(None, help="Override the request classifier's threshold."),
+    allow_category: list[str] = typer.Option([], "--allow-category", help="Harm category whose requests pass (repeatable), e.g. professional_advice."),
     batch_size: int = typer.Option(16, min=1),
     resume: bool = typer.Option(True, help="Continue an existing output file where it stopped."),
 ) -> None:
@@ -212,13 +210,24 @@ def check_input(
     from .config import ProtectorSettings
     from .protector import build_protector
 
+    _check_categories(allow_category)
     try:
-        guard = build_protector("default", "none", settings=ProtectorSettings(input_threshold=threshold), input_guard=model)
+        settings = ProtectorSettings(input_threshold=threshold, allow_categories=tuple(allow_category))
+        guard = build_protector("default", "none", settings=settings, input_guard=model)
     except ProtectorError as exc:
         fail(str(exc))
     _run_jsonl(input, output, resume, ("query",), batch_size, _check_request_image,
                lambda chunk: [{**line.record, **guard.check_input(line.record["query"], line.record.get("image")).record_fields()}
                               for line in chunk], "checking")
+
+
+def _check_categories(names: list[str]) -> None:
+    """Every --allow-category must name a harm category; exit 2 naming the unknown ones."""
+    from .categories import CATEGORIES
+
+    unknown = [c for c in names if c not in CATEGORIES]
+    if unknown:
+        fail(f"unknown --allow-category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
 
 
 def _check_request_image(line: Line) -> None:

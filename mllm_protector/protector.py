@@ -314,11 +314,13 @@ class Protector:
         return self.decide_input(reading)
 
     def decide_input(self, reading: InputReading) -> InputVerdict:
-        """Threshold one scored request: harmful at `input_threshold` (its category kept only then)."""
+        """Threshold one scored request: harmful at `input_threshold` unless its category is one the deployment
+        allows (`allow_categories`, as for answers); the category is kept whenever the threshold is reached."""
         if self.input_threshold is None:
             raise ProtectorError("this Protector has no input guard: pass input_guard=InputGuard.from_pretrained()")
-        harmful = reading.detection.score >= self.input_threshold
-        return InputVerdict(reading.detection.score, harmful, reading.detection.category if harmful else None,
+        flagged = reading.detection.score >= self.input_threshold
+        harmful = flagged and reading.detection.category not in self.settings.allow_categories
+        return InputVerdict(reading.detection.score, harmful, reading.detection.category if flagged else None,
                             reading.text, reading.image_text, reading.timings, part_scores=reading.part_scores)
 
     def block_input(self, request: InputVerdict, detoxify: bool = True) -> Verdict:

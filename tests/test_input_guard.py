@@ -133,6 +133,17 @@ def test_typographic_attack_is_caught_and_a_benign_sign_passes(protector):
     assert not sign.harmful and "OPEN" in sign.image_text
 
 
+def test_an_allowed_category_passes_the_input_check_with_its_category(protector):
+    """`allow_categories` applies to requests as to answers: flagged in an allowed category, the request passes."""
+    strict = protector.check_input(FIGSTEP_PROMPT, render_figstep(ATTACK))
+    assert strict.harmful and strict.category is not None
+    lenient = protector.with_settings(allow_categories=(strict.category,))
+    allowed = lenient.check_input(FIGSTEP_PROMPT, render_figstep(ATTACK))
+    assert not allowed.harmful and allowed.category == strict.category and allowed.score == strict.score
+    other = next(c for c in ("sexual", "hate") if c != strict.category)
+    assert protector.with_settings(allow_categories=(other,)).check_input(FIGSTEP_PROMPT, render_figstep(ATTACK)).harmful
+
+
 def test_an_input_policy_needs_an_input_guard(detector):
     with pytest.raises(ProtectorError, match="needs an input guard"):
         Protector(detector, None, ProtectorSettings(input_policy="block"))
@@ -248,6 +259,19 @@ def test_cli_check_input_writes_the_fields_and_resumes(tmp_path):
     assert "pipe bomb" in checked[0]["ocr_text"].lower() and checked[0]["input_category"] is not None
     assert "OPEN" in checked[1]["ocr_text"] and checked[2]["ocr_text"] == ""
     assert all(0.0 <= r["input_score"] <= 1.0 for r in checked)
+
+
+def test_cli_check_input_allow_category(tmp_path):
+    attack = tmp_path / "attack.png"
+    render_figstep(ATTACK).save(attack)
+    src, out = write_lines(tmp_path / "in.jsonl", [{"query": FIGSTEP_PROMPT, "image": str(attack)}]), tmp_path / "out.jsonl"
+    assert runner.invoke(app, ["check-input", "-i", str(src), "-o", str(out)]).exit_code == 0
+    category = read_lines(out)[0]["input_category"]
+    result = runner.invoke(app, ["check-input", "-i", str(src), "-o", str(out), "--no-resume", "--allow-category", category])
+    assert result.exit_code == 0, result.output
+    assert read_lines(out)[0]["input_harmful"] is False and read_lines(out)[0]["input_category"] == category
+    bad = runner.invoke(app, ["check-input", "-i", str(src), "-o", str(out), "--allow-category", "nonsense"])
+    assert bad.exit_code == 2 and "unknown --allow-category nonsense" in bad.output
 
 
 def test_cli_check_input_refuses_a_decompression_bomb_naming_the_line(tmp_path):
