@@ -187,6 +187,18 @@ def test_detector_queue_serves_clients_round_robin():
     assert [queue.get_nowait() for _ in range(5)] == ["a0", "b0", "a1", "a2", "a3"] and queue.empty()
 
 
+def test_checks_whose_client_has_nothing_yet_go_before_continuations():
+    """A stream's later windows wait behind whole answers and first windows; within a lane, round-robin."""
+    queue = FairQueue()
+    queue.put("key:a", "a-later", later=True)
+    queue.put("key:b", "b-later", later=True)
+    queue.put("key:a", "a-first")
+    queue.put("key:a", "a-second")
+    queue.put("key:c", "c-first")
+    assert [queue.get_nowait() for _ in range(5)] == ["a-first", "c-first", "a-second", "a-later", "b-later"]
+    assert queue.empty()
+
+
 def test_answers_over_the_detector_budget_are_refused(guard, upstream):
     with running_proxy(guard, upstream.url + "/v1", guard={"max_request_chars": 1000}) as server:
         whole = chat(server, "long").json()
