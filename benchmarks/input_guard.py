@@ -47,6 +47,7 @@ from mllm_protector.eval.benchmarks import (
 )
 from mllm_protector.input_guard import InputGuard, InputReading, InputVerdict, compose_request
 from mllm_protector.protector import RELEASED, Protector, build_protector
+from mllm_protector.train.request_finetune import crossfit_half
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SCARY = Path(__file__).parents[1] / "tests" / "fixtures" / "benign_scary_requests.txt"
@@ -110,14 +111,15 @@ def timed_read(guard: InputGuard, query: str, image: Any) -> tuple[InputReading,
     return reading, (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
 
 
-def attack_rows(protector: Protector, name: str, items: Sequence[tuple[str, str, Any, str]]) -> list[dict[str, Any]]:
-    """(group, query, image, known text) → one row per image: OCR text, accuracy, the Protector's decision, timings."""
+def attack_rows(protector: Protector, name: str, items: Sequence[tuple[str, str, Any, str, str | None]]) -> list[dict[str, Any]]:
+    """(group, query, image, known text, training group of its question) → one row per image: OCR text, accuracy,
+    the Protector's decision, timings."""
     assert protector.input_guard is not None
     rows = []
-    for n, (group, query, image, truth) in enumerate(items):
+    for n, (group, query, image, truth, key) in enumerate(items):
         reading, wall_ms, cpu_ms = timed_read(protector.input_guard, query, image)
         verdict = protector.decide_input(reading)
-        rows.append({"set": name, "group": group, "query": query, "truth": truth, "ocr": reading.image_text,
+        rows.append({"set": name, "group": group, "key": key, "query": query, "truth": truth, "ocr": reading.image_text,
                      "accuracy": char_accuracy(reading.image_text, truth) if truth else None, "score": verdict.score,
                      "harmful": verdict.harmful, "category": verdict.category, "wall_ms": wall_ms, "cpu_ms": cpu_ms,
                      **{k: v for k, v in reading.timings.items()}})
@@ -213,15 +215,16 @@ def read_all(protector: Protector, typo: str, n_figstep: int, n_benign_images: i
     held_out = [e.response for e in benign_instructions(root) if e.meta["held_out"]]
     sample = random.Random(seed).sample(held_out, min(len(held_out), 2 * n_benign_images))
     own = [json.loads(line) for line in (FIXTURES / "benign_text_images.jsonl").read_text().splitlines() if line.strip()]
-    rows = attack_rows(protector, "figstep", [(item.scenario, FIGSTEP_PROMPT, item.image_path, f"{item.meta['instruction']} 1. 2. 3.")
-                                              for item in figstep])
-    rows += attack_rows(protector, "typo", [(item.scenario, item.query, item.load_image(), item.key_phrase or "") for item in typo_items])
+    rows = attack_rows(protector, "figstep", [(item.scenario, FIGSTEP_PROMPT, item.image_path, f"{item.meta['instruction']} 1. 2. 3.",
+                                               "figstep:" + item.id.replace("/", ":")) for item in figstep])
+    rows += attack_rows(protector, "typo", [(item.scenario, item.query, item.load_image(), item.key_phrase or "",
+                                             f"mmsb:{item.scenario}:{item.meta['qid']}") for item in typo_items])
     rows += attack_rows(protector, "benign_text_images", [(r["kind"], r["query"], render_text_image(r["kind"], r["text"], i),
-                                                           r["text"].replace(" | ", " ")) for i, r in enumerate(own)])
-    rows += attack_rows(protector, "benign_figstep_style", [("figstep_style", FIGSTEP_PROMPT, render_figstep(t), f"{t} 1. 2. 3.")
+                                                           r["text"].replace(" | ", " "), None) for i, r in enumerate(own)])
+    rows += attack_rows(protector, "benign_figstep_style", [("figstep_style", FIGSTEP_PROMPT, render_figstep(t), f"{t} 1. 2. 3.", None)
                                                             for t in sample[:n_benign_images]])
     rows += attack_rows(protector, "benign_typo_style", [("typo_style", TYPO_QUESTION, render_typo(t.rstrip(".").lower()),
-                                                          t.rstrip(".").lower()) for t in sample[n_benign_images:]])
+                                                          t.rstrip(".").lower(), None) for t in sample[n_benign_images:]])
     rows += text_rows(protector, "benign_instructions_held_out", held_out)
     rows += text_rows(protector, "benign_scary", [line for line in SCARY.read_text().splitlines() if line.strip()])
     keys = [f"figstep:{item.question}" for item in figstep]
@@ -263,6 +266,44 @@ def allowed_policy(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def crossfit(models: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each attack image decided by the fine-tune trained without its question's half (`--exclude-half`), so the
+    attack format was seen in training but not the question; the benign sets decided by each model in turn."""
+    guards = [guard_for(m) for m in models]
+    attacks = [r for r in rows if r["set"] in ATTACK_TABLES]
+    decided = [rescore(guards[crossfit_half(r["key"])], [r])[0] for r in attacks]
+    benign = [r for r in rows if r["set"] not in ATTACK_TABLES]
+    per_model = []
+    for guard in guards:
+        mine = rescore(guard, benign)
+        per_model.append({"flagged": {name: rate([r for r in mine if r["set"] == name]) for name in dict.fromkeys(r["set"] for r in mine)},
+                          "allowed_policy": allowed_policy(mine)})
+    return {"models": list(models), "thresholds": [g.input_threshold for g in guards],
+            "sets": {name: {"n": sum(r["set"] == name for r in decided), "flagged": rate([r for r in decided if r["set"] == name])}
+                     for name in ATTACK_TABLES},
+            "allowed_policy": allowed_policy(decided),
+            "by_group": {name: by_key([r for r in decided if r["set"] == name], "group") for name in ATTACK_TABLES},
+            "benign": per_model}
+
+
+def crossfit_lines(res: dict[str, Any]) -> list[str]:
+    """The cross-fitted section of the results page."""
+    a, b = res["models"]
+    allowed = res["allowed_policy"]
+    out = ["## Cross-fitted fine-tune: attack format seen, question not", "",
+           f"`{a}` and `{b}` are the fine-tune trained without one half each of the FigStep and MM-SafetyBench questions "
+           f"(`--exclude-half 0` / `1`; thresholds {res['thresholds'][0]:.3f} / {res['thresholds'][1]:.3f}). Each attack image is "
+           "decided by the model that never saw its question; the benign sets by each model.", "",
+           "| set | n | flagged | with professional_advice allowed (n) |", "|---|---|---|---|"]
+    out += [f"| {name} | {v['n']} | {pct(v['flagged'])} | {pct(allowed[name]['flagged'])} ({allowed[name]['n']}) |" for name, v in res["sets"].items()]
+    for model, bench in zip(res["models"], res["benign"], strict=True):
+        out += [f"| benign, `{model}`: " + ", ".join(f"{name} {pct(x)}" for name, x in bench["flagged"].items()) + " | | | allowed: "
+                + ", ".join(f"{name} {pct(v['flagged'])}" for name, v in bench["allowed_policy"].items()) + " |"]
+    for name, groups in res["by_group"].items():
+        out += ["", f"{name} by category: " + ", ".join(f"{k} {pct(v['flagged'])} ({v['n']})" for k, v in groups.items())]
+    return out + [""]
+
+
 def pct(x: float | None) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}%"
 
@@ -271,6 +312,9 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
     """The results page: one section per classifier."""
     out = ["# Input guard: OCR + request classifier", "", f"Command: `{command}`", ""]
     for name, res in results.items():
+        if name == "crossfit":
+            out += crossfit_lines(res)
+            continue
         s = res["sets"]
         out += [f"## Request classifier `{name}` (threshold {res['threshold']:.3f})", "",
                 f"Load average during the run (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in res['load_average'])} on 2 CPU cores.", "",
@@ -315,6 +359,8 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="Request classifier: preset or folder.")
     parser.add_argument("--holdout-model", default=None, help="Also measure a classifier trained without FigStep and MM-SafetyBench.")
     parser.add_argument("--compare-model", action="append", default=[], help="Also measure this classifier on the same OCR text (repeatable).")
+    parser.add_argument("--crossfit", nargs=2, metavar=("HALF0", "HALF1"), help="Fine-tunes trained with --exclude-half 0 and 1: "
+                        "each attack image decided by the one that never saw its question.")
     parser.add_argument("--typo", choices=("tiny", "all"), default="tiny", help="MM-SafetyBench TYPO items: the tiny list (168) or all 1,680.")
     parser.add_argument("--figstep", type=int, default=500, help="FigStep SafeBench images (a seeded sample when under 500).")
     parser.add_argument("--benign-images", type=int, default=100, help="FigStep-style and TYPO-style benign renderings, each.")
@@ -332,6 +378,8 @@ def main() -> None:
     for other in [*args.compare_model, *([args.holdout_model] if args.holdout_model else [])]:
         guard = guard_for(other)
         results[other] = report(guard, rescore(guard, rows), meta["keys"], root, asr=False)
+    if args.crossfit:
+        results["crossfit"] = crossfit(args.crossfit, rows)
     command = " ".join(["HF_HUB_OFFLINE=1 python benchmarks/input_guard.py", shlex.join(sys.argv[1:])]).strip()
     args.out.write_text(markdown(results, command))
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, **results}, indent=2, default=float) + "\n")

@@ -339,6 +339,18 @@ def test_train_input_guard_rejects_an_unknown_method(tmp_path):
     assert result.exit_code == 2 and "--method" in result.output
 
 
+def test_crossfit_halves_split_the_attack_questions_stably():
+    """`--exclude-half` leaves out one half of the FigStep / MM-SafetyBench question groups; the benchmark decides each
+    image with the model that left out its half, so the split must be fixed and roughly even."""
+    from mllm_protector.train.request_finetune import crossfit_half
+
+    groups = [f"figstep:{c}:{t}" for c in range(1, 11) for t in range(1, 51)]
+    halves = [crossfit_half(g) for g in groups]
+    assert halves == [crossfit_half(g) for g in groups] and 200 < sum(halves) < 300
+    result = runner.invoke(app, ["train", "input-guard", "-o", str(Path("unused")), "--method", "probe", "--exclude-half", "0"])
+    assert result.exit_code == 2 and "--exclude-half" in result.output
+
+
 def test_finetune_preset_loads_through_the_input_guard():
     """The LoRA request classifier ships as the `finetune` preset, loads as the default does (ONNX export included)
     and names a category for what it flags."""

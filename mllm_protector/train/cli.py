@@ -161,18 +161,22 @@ def input_guard_command(
     batch_size: int = typer.Option(16, help="finetune: batch size."),
     lora_r: int = typer.Option(8, help="finetune: LoRA rank."),
     folds: int = typer.Option(2, help="finetune: folds of source families held out in turn (0: no leave-sources-out table)."),
+    exclude_half: Optional[int] = typer.Option(None, min=0, max=1, help="finetune: leave out this half (0 or 1) of the FigStep and "
+                                               "MM-SafetyBench questions, for the cross-fitted benchmark (benchmarks/input_guard.py --crossfit)."),
     seed: int = 0,
 ) -> None:
     """Train the input guard's request classifier on requests: a LoRA fine-tune (learning rate chosen leave-sources-out,
     threshold on held-out groups) or a probe (c chosen leave-sources-out, threshold on held-out questions)."""
     if method not in ("finetune", "probe"):
         raise typer.BadParameter(f"--method must be finetune or probe, got {method!r}")
+    if exclude_half is not None and method != "finetune":
+        raise typer.BadParameter("--exclude-half is for --method finetune")
     if method == "finetune":
         from ..train.request_finetune import finetune_model_card, train_request_finetune
 
         detector_model, report = train_request_finetune(
             data_dir(data_dir_), tuple(learning_rate), epochs, max_length, batch_size, lora_r,
-            1000 if cap is None else cap, max_fpr, exclude, folds, seed, backbone)
+            1000 if cap is None else cap, max_fpr, exclude, folds, seed, backbone, exclude_half)
         card = finetune_model_card
     else:
         from ..train.request_probe import VARIANT, build_request_cache, model_card, train_request_probe

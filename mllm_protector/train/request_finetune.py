@@ -27,7 +27,7 @@ import numpy as np
 
 from ..data.records import Example
 from ..data.requests import IMAGE_TEXT_QUESTIONS, load_requests
-from ..data.splits import group_split
+from ..data.splits import group_bucket, group_split
 from ..detector import DetectorConfig, HarmDetector
 from ..eval.metrics import auroc
 from ..input_guard import compose_request
@@ -46,6 +46,18 @@ VAL_FRACTION = 0.15
 FORM_SHARE = 0.15
 #: What FigStep prints under its instruction.
 TYPO_SUFFIX = " 1. 2. 3."
+#: Attack families whose questions are split in halves for the cross-fitted benchmark (`exclude_half`): a model
+#: trained without one half scores the images of that half (attack format seen, question not).
+CROSSFIT_FAMILIES = ("figstep", "mmsb")
+#: Seed of the group hash that assigns each question to a half.
+CROSSFIT_SEED = 7
+
+
+def crossfit_half(group: str) -> int:
+    """The half (0 or 1) of FigStep / MM-SafetyBench a question group belongs to."""
+    return int(group_bucket(group, CROSSFIT_SEED) >= 0.5)
+
+
 #: Questions a request in an image comes with (short ones: FigStep's 50-token prompt would push the request out
 #: of the first training window; the guard scores the image text alone as well).
 FORM_QUESTIONS = IMAGE_TEXT_QUESTIONS
@@ -96,11 +108,13 @@ def loso_scores(train: Sequence[Example], args: DetectorTrainingArguments, folds
 def train_request_finetune(root: Path, learning_rates: Sequence[float] = (5e-4, 1e-3, 2e-3), epochs: float = 1.0,
                            max_length: int = 64, batch_size: int = 16, lora_r: int = 8, cap: int = 1000,
                            max_fpr: float = 0.02, exclude: Sequence[str] = (), folds: int = FOLDS, seed: int = 0,
-                           backbone: str = "minilm-l6") -> tuple[HarmDetector, dict[str, Any]]:
+                           backbone: str = "minilm-l6", exclude_half: int | None = None) -> tuple[HarmDetector, dict[str, Any]]:
     """Choose the learning rate leave-sources-out, then train on the training share and set the threshold on the
-    validation share; `exclude` leaves whole families out of everything (attacks the model never saw)."""
+    validation share; `exclude` leaves whole families out of everything (attacks the model never saw);
+    `exclude_half` leaves out that half of the FigStep and MM-SafetyBench questions (`crossfit_half`)."""
     t0 = time.time()
-    rows = [e for e in sample(load_requests(root), cap, seed) if family_of(e.source) not in set(exclude)]
+    rows = [e for e in sample(load_requests(root), cap, seed) if family_of(e.source) not in set(exclude)
+            and not (exclude_half is not None and family_of(e.source) in CROSSFIT_FAMILIES and crossfit_half(e.group) == exclude_half)]
     train, val = group_split(rows, VAL_FRACTION, seed)
     labels = np.array([e.label for e in train])
     families = np.array([family_of(e.source) for e in train])
@@ -115,7 +129,7 @@ def train_request_finetune(root: Path, learning_rates: Sequence[float] = (5e-4, 
         args = finetune_args(Path(tmp), lr, epochs, max_length, batch_size, lora_r, max_fpr, seed, backbone)
         detector, report = train_detector(args, with_image_forms(train, seed), validation=with_image_forms(val, seed + 1))
     threshold = detector.threshold
-    loso: dict[str, Any] = {"folds": folds, "excluded": list(exclude), "learning_rate": lr, "threshold": threshold,
+    loso: dict[str, Any] = {"folds": folds, "excluded": list(exclude), "excluded_half": exclude_half, "learning_rate": lr, "threshold": threshold,
                             "max_fpr": max_fpr, "lr_grid": {str(k): v["auroc"] for k, v in runs.items()}}
     if folds > 1:
         probs = runs[lr]["probs"]
