@@ -24,8 +24,8 @@ from mllm_protector import Protector, ProtectorSettings, RefusalDetoxifier
 from mllm_protector.config import DEFAULT_REFUSAL
 from mllm_protector.errors import InputError
 from mllm_protector.server.app import create_app
-from mllm_protector.server.config import load_config
-from mllm_protector.server.guard import FairQueue
+from mllm_protector.server.config import GuardConfig, load_config
+from mllm_protector.server.guard import AsyncGuard, FairQueue, _Job
 
 from .conftest import BENIGN, HARMFUL
 from .servers import ServerThread, scripted_upstream
@@ -197,6 +197,14 @@ def test_checks_whose_client_has_nothing_yet_go_before_continuations():
     queue.put("key:c", "c-first")
     assert [queue.get_nowait() for _ in range(5)] == ["a-first", "c-first", "a-second", "a-later", "b-later"]
     assert queue.empty()
+
+
+def test_a_continuation_is_not_batched_with_first_checks(guard):
+    """First checks are scored in a batch of their own; continuations batch together (up to the batch limits)."""
+    async_guard = AsyncGuard(guard, GuardConfig())
+    first, later = _Job([(None, "a")], None, False), _Job([(None, "b")], None, True)  # type: ignore[arg-type]
+    assert async_guard._take_scores([first], first) and not async_guard._take_scores([first], later)
+    assert async_guard._take_scores([later], later) and async_guard._take_scores([later], first)
 
 
 def test_answers_over_the_detector_budget_are_refused(guard, upstream):

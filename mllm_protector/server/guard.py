@@ -99,6 +99,7 @@ class FairQueue:
 class _Job:
     items: list[tuple[Optional[str], str]]
     future: asyncio.Future
+    later: bool = False  # a continuation (a later stream window): queued and batched after first checks
 
 
 @dataclass
@@ -188,7 +189,10 @@ class AsyncGuard:
                         j.future.set_result(result)
 
     def _take_scores(self, batch: list[_Job], job: _Job) -> bool:
-        """A detector batch holds at most `max_batch` texts and `max_batch_chars` characters (a job always fits alone)."""
+        """A detector batch holds at most `max_batch` texts and `max_batch_chars` characters (a job always fits alone);
+        a continuation does not join first checks (they finish sooner without it)."""
+        if job.later and not batch[0].later:
+            return False
         texts = sum(len(j.items) for j in batch) + len(job.items)
         chars = sum(len(t) for j in batch + [job] for _, t in j.items)
         return texts <= self.cfg.max_batch and chars <= self.cfg.max_batch_chars
@@ -226,7 +230,7 @@ class AsyncGuard:
         self.start()
         assert self._queue is not None
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.put(owner, _Job(items, future), later)
+        self._queue.put(owner, _Job(items, future, later), later)
         try:
             scores: list[Detection | Failure] = await asyncio.wait_for(future, self.cfg.detector_timeout)
         except TimeoutError:
