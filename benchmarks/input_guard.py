@@ -296,9 +296,11 @@ def crossfit_lines(res: dict[str, Any]) -> list[str]:
            "decided by the model that never saw its question; the benign sets by each model.", "",
            "| set | n | flagged | with professional_advice allowed (n) |", "|---|---|---|---|"]
     out += [f"| {name} | {v['n']} | {pct(v['flagged'])} | {pct(allowed[name]['flagged'])} ({allowed[name]['n']}) |" for name, v in res["sets"].items()]
-    for model, bench in zip(res["models"], res["benign"], strict=True):
-        out += [f"| benign, `{model}`: " + ", ".join(f"{name} {pct(x)}" for name, x in bench["flagged"].items()) + " | | | allowed: "
-                + ", ".join(f"{name} {pct(v['flagged'])}" for name, v in bench["allowed_policy"].items()) + " |"]
+    out += ["", "Benign sets, flagged by each half model (with professional_advice allowed):", "",
+            "| set | " + " | ".join(f"`{m}`" for m in res["models"]) + " |", "|---|" + "---|" * len(res["models"])]
+    for name in res["benign"][0]["flagged"]:
+        out.append(f"| {name} | " + " | ".join(f"{pct(b['flagged'][name])} ({pct(b['allowed_policy'][name]['flagged'])})"
+                                              for b in res["benign"]) + " |")
     for name, groups in res["by_group"].items():
         out += ["", f"{name} by category: " + ", ".join(f"{k} {pct(v['flagged'])} ({v['n']})" for k, v in groups.items())]
     return out + [""]

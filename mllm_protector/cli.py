@@ -199,7 +199,7 @@ def _run_on_ray(name: str, spec: GuardSpec, input_path: str, output_path: str, r
 def check_input(
     input: str = typer.Option(..., "--input", "-i", help=INPUT_HELP),
     output: str = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
-    model: str = typer.Option("default", "--model", help="Request classifier folder or the shipped preset `default`."),
+    model: str = typer.Option("default", "--model", help="Request classifier folder or a shipped preset: default (the LoRA fine-tune) or probe."),
     threshold: Optional[float] = typer.Option(None, help="Override the request classifier's threshold."),
     allow_category: list[str] = typer.Option([], "--allow-category", help="Harm category whose requests pass (repeatable), e.g. professional_advice."),
     batch_size: int = typer.Option(16, min=1),

@@ -2,7 +2,7 @@
 
 Typographic jailbreaks put the harmful request in the image and ask an innocent question about it; the
 output guard sees only the answer. Here a request classifier (a detector trained on requests,
-`mllm-protector train input-guard`: the `default` probe or the `finetune` LoRA preset) scores the user's text, the OCR text, and both together (marked,
+`mllm-protector train input-guard`: the `default` LoRA fine-tune or the `probe` preset) scores the user's text, the OCR text, and both together (marked,
 `compose_request`); the request's score is the highest, since either part may carry the request. This module reads and scores; the Protector decides (threshold,
 failure policy) and applies the policy: `off`, `flag` or `block`.
 """
@@ -21,8 +21,10 @@ from .ocr import ImageLimits, ImageReader, ImageSource
 
 InputPolicy = Literal["off", "flag", "block"]
 POLICIES: tuple[str, ...] = ("off", "flag", "block")
-#: Shipped request classifiers: short names for folders under `mllm_protector/pretrained/`.
-PRESETS = {"default": "input-guard-default", "finetune": "input-guard-finetune"}
+#: Shipped request classifiers: short names for folders under `mllm_protector/pretrained/`. The default is the LoRA
+#: fine-tune (cross-fitted detection of typographic attacks 95-96%, against 64% for FigStep with the probe;
+#: docs/results/input_guard.md); `probe` is the frozen-backbone probe (fewer flags on benign renderings).
+PRESETS = {"default": "input-guard-finetune", "finetune": "input-guard-finetune", "probe": "input-guard-probe"}
 
 
 @dataclass

@@ -106,7 +106,7 @@ def test_an_answers_score_does_not_depend_on_the_batch(backend):
 
 
 def test_probe_detector_on_onnx_scores_as_torch():
-    folder = PRETRAINED_DIR / "input-guard-default"  # the shipped probe: frozen backbone, pooled layers, linear heads
+    folder = PRETRAINED_DIR / "input-guard-probe"  # the shipped probe: frozen backbone, pooled layers, linear heads
     on_torch, on_onnx = (HarmDetector.from_pretrained(folder, backend=b) for b in ("torch", "onnx"))
     assert on_onnx.backend == "onnx"
     expected, found = on_torch.detect(ANSWERS), on_onnx.detect(ANSWERS)
