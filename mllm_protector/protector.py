@@ -366,8 +366,15 @@ class Protector:
             tail = tail[tail.index(" ") + 1:]
         return tail + separator + text
 
-    def decide_window(self, window: str, alone: Score, in_context: Score) -> Verdict:
-        """A stream window passes only below `window_threshold` on its own and `context_threshold` in context."""
+    def window_checks(self, approved: str, window: str) -> list[str]:
+        """The distinct texts of `window_texts`, the ones to score: for the first window (nothing approved yet)
+        alone and in context are the same text, scored once."""
+        return list(dict.fromkeys(self.window_texts(approved, window)))
+
+    def decide_window(self, window: str, alone: Score, in_context: Score | None = None) -> Verdict:
+        """A stream window passes only below `window_threshold` on its own and `context_threshold` in context
+        (`in_context` None: the same text as alone, see `window_checks`)."""
+        in_context = alone if in_context is None else in_context
         failure = next((s for s in (alone, in_context) if isinstance(s, Failure)), None)
         if failure is not None:
             return self.fail(window, failure)
@@ -377,11 +384,8 @@ class Protector:
 
     def check_window(self, query: str | None, approved: str, window: str) -> Verdict:
         """Judge one new stream window (`approved` is the partial answer the client already has)."""
-        alone, in_context = self.window_texts(approved, window)
-        if in_context == alone:  # the first window: no answer before it, one score serves both checks
-            score = self.score([query], [alone])[0]
-            return self.decide_window(window, score, score)
-        return self.decide_window(window, *self.score([query, query], [alone, in_context]))
+        texts = self.window_checks(approved, window)
+        return self.decide_window(window, *self.score([query] * len(texts), texts))
 
 
 def build_detoxifier(spec: str, model: str = "smollm2-135m-instruct", refusal: str | None = None,

@@ -252,12 +252,9 @@ class AsyncGuard:
 
     async def check_window(self, query: Optional[str], approved: str, window: str, owner: str = "") -> Verdict:
         """The Protector's verdict on one stream window, judged alone and after the approved answer."""
-        alone, in_context = self.protector.window_texts(approved, window)
-        found = await self.score([(query, alone)] + ([(query, in_context)] if in_context != alone else []), owner,
-                                 later=bool(approved))
-        found = found * 2 if len(found) == 1 else found  # the first window: alone and in context are the same text
-        alone_score, context_score = (d if isinstance(d, Failure) else d.score for d in found)
-        verdict = self.protector.decide_window(window, alone_score, context_score)
+        texts = self.protector.window_checks(approved, window)
+        found = await self.score([(query, t) for t in texts], owner, later=bool(approved))
+        verdict = self.protector.decide_window(window, *(d if isinstance(d, Failure) else d.score for d in found))
         if verdict.action == "flagged":
             verdict.category = next((d.category for d in found if isinstance(d, Detection) and d.category), None)
         return verdict
