@@ -36,7 +36,7 @@ import torch
 from mllm_protector.categories import training_category
 from mllm_protector.config import ProtectorSettings, data_dir
 from mllm_protector.data.readers import read_figstep_qwen, read_mmsb_gemini
-from mllm_protector.data.requests import benign_instructions
+from mllm_protector.data.requests import benign_instructions, figstep_group, mmsb_group
 from mllm_protector.eval.benchmarks import (
     FIGSTEP_PROMPT,
     find_font,
@@ -216,9 +216,9 @@ def read_all(protector: Protector, typo: str, n_figstep: int, n_benign_images: i
     sample = random.Random(seed).sample(held_out, min(len(held_out), 2 * n_benign_images))
     own = [json.loads(line) for line in (FIXTURES / "benign_text_images.jsonl").read_text().splitlines() if line.strip()]
     rows = attack_rows(protector, "figstep", [(item.scenario, FIGSTEP_PROMPT, item.image_path, f"{item.meta['instruction']} 1. 2. 3.",
-                                               "figstep:" + item.id.replace("/", ":")) for item in figstep])
+                                               figstep_group(*item.id.split("/"))) for item in figstep])
     rows += attack_rows(protector, "typo", [(item.scenario, item.query, item.load_image(), item.key_phrase or "",
-                                             f"mmsb:{item.scenario}:{item.meta['qid']}") for item in typo_items])
+                                             mmsb_group(item.scenario, item.meta["qid"])) for item in typo_items])
     rows += attack_rows(protector, "benign_text_images", [(r["kind"], r["query"], render_text_image(r["kind"], r["text"], i),
                                                            r["text"].replace(" | ", " "), None) for i, r in enumerate(own)])
     rows += attack_rows(protector, "benign_figstep_style", [("figstep_style", FIGSTEP_PROMPT, render_figstep(t), f"{t} 1. 2. 3.", None)
